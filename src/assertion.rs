@@ -1,0 +1,343 @@
+//! JWT client assertions ([RFC 7523]) as SMART Backend Services and Koppeltaal want them.
+//!
+//! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Header;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind};
+use crate::key::SigningKey;
+
+/// Default assertion lifetime: a short-lived proof, as Spring Security uses.
+pub const DEFAULT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Longest assertion lifetime: SMART says `exp` "SHALL be no more than five minutes in the future".
+pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Default back-dating of `iat`: the reference auth server (PyJWT, zero leeway) refuses an `iat`
+/// in the future, so a client clock a few seconds ahead would otherwise break authentication.
+pub const DEFAULT_IAT_BACKDATE: Duration = Duration::from_secs(5);
+
+/// Builds client assertions: the signed JWT that authenticates a token request.
+///
+/// Every assertion has the header `{"alg", "kid", "typ": "JWT"}` (no `jku`) and exactly the claims
+/// `iss` and `sub` (the client id), `aud` (the audience as one string, byte for byte), `iat` (now,
+/// back-dated by 5 s), `exp` (now plus the lifetime, 60 s) and `jti` (a fresh UUIDv4), in integer
+/// epoch seconds (requirements C1-C11).
+///
+/// Public because token introspection (TOP-KT-021) authenticates with the same assertion; the
+/// Koppeltaal reference server wants the token endpoint as its `aud` there too.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use koppeltaal_auth::{ClientAssertion, SigningKey};
+///
+/// # fn main() -> Result<(), koppeltaal_auth::Error> {
+/// # let key = SigningKey::from_pem(include_str!("../tests/data/test-only-p256-pkcs8.pem"), "k1")?;
+/// let assertion = ClientAssertion::new("my-client-id", "https://auth.example.org/oauth2/token")?;
+///
+/// // What a token request sends: a fresh jti, the current time.
+/// let jwt = assertion.sign(&key)?;
+/// assert_eq!(jwt.as_str().split('.').count(), 3);
+///
+/// // The pure form, for tests and other clocks.
+/// let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// let jwt = assertion.sign_at(&key, now, "5f0c6a2e-0000-4000-8000-000000000000")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAssertion {
+    client_id: String,
+    audience: String,
+    lifetime: Duration,
+    backdate: Duration,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+    jti: &'a str,
+}
+
+impl ClientAssertion {
+    /// An assertion for `client_id` addressed to `audience` (the token endpoint URL, exactly as
+    /// discovered or configured), with the default lifetime and back-dating.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] if either is empty.
+    pub fn new(client_id: impl Into<String>, audience: impl Into<String>) -> Result<Self, Error> {
+        let client_id = client_id.into();
+        let audience = audience.into();
+        if client_id.is_empty() {
+            return Err(Error::config("client id must not be empty"));
+        }
+        if audience.is_empty() {
+            return Err(Error::config("assertion audience must not be empty"));
+        }
+        Ok(Self {
+            client_id,
+            audience,
+            lifetime: DEFAULT_ASSERTION_LIFETIME,
+            backdate: DEFAULT_IAT_BACKDATE,
+        })
+    }
+
+    /// Sets how far in the future `exp` lies. Defaults to 60 seconds.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for zero or more than 300 seconds ([`MAX_ASSERTION_LIFETIME`]), or
+    /// less than a whole second.
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Result<Self, Error> {
+        if lifetime > MAX_ASSERTION_LIFETIME {
+            return Err(Error::config(
+                "assertion lifetime must not exceed 300 seconds (SMART Backend Services)",
+            ));
+        }
+        if lifetime < Duration::from_secs(1) {
+            return Err(Error::config("assertion lifetime must be at least 1 second"));
+        }
+        self.lifetime = lifetime;
+        Ok(self)
+    }
+
+    /// Sets how far `iat` is back-dated, to absorb a client clock running ahead of the server's.
+    /// Defaults to 5 seconds.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for more than 60 seconds.
+    pub fn with_iat_backdate(mut self, backdate: Duration) -> Result<Self, Error> {
+        if backdate > Duration::from_secs(60) {
+            return Err(Error::config("iat back-dating must not exceed 60 seconds"));
+        }
+        self.backdate = backdate;
+        Ok(self)
+    }
+
+    /// The client id (`iss` and `sub`).
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The audience (`aud`).
+    #[must_use]
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The lifetime (`exp - now`).
+    #[must_use]
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Signs an assertion for the instant `now` with the given `jti`. A pure function of its
+    /// inputs and `self`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Signing`] if `now` is before 1970 or signing fails; [`ErrorKind::Config`] for
+    /// an empty `jti`.
+    pub fn sign_at(
+        &self,
+        key: &SigningKey,
+        now: SystemTime,
+        jti: &str,
+    ) -> Result<SignedAssertion, Error> {
+        if jti.is_empty() {
+            return Err(Error::config("jti must not be empty"));
+        }
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::new(ErrorKind::Signing, "the clock is before 1970"))?
+            .as_secs();
+        let claims = Claims {
+            iss: &self.client_id,
+            sub: &self.client_id,
+            aud: &self.audience,
+            iat: now.saturating_sub(self.backdate.as_secs()),
+            exp: now + self.lifetime.as_secs(),
+            jti,
+        };
+        let mut header = Header::new(key.algorithm().jwt());
+        header.kid = Some(key.kid().to_owned());
+        header.typ = Some("JWT".to_owned());
+        crate::key::crypto_backend(jsonwebtoken::crypto::CryptoProvider::try_get_default())?;
+        jsonwebtoken::encode(&header, &claims, key.encoding_key())
+            .map(SignedAssertion)
+            .map_err(|err| Error::new(ErrorKind::Signing, "").with_source(err))
+    }
+
+    /// Signs an assertion for the current time with a fresh UUIDv4 `jti`. Call it for every
+    /// token request, retries included: the reference server refuses any `jti` it has seen.
+    ///
+    /// # Errors
+    ///
+    /// As [`sign_at`](Self::sign_at).
+    pub fn sign(&self, key: &SigningKey) -> Result<SignedAssertion, Error> {
+        self.sign_at(key, SystemTime::now(), &uuid::Uuid::new_v4().to_string())
+    }
+}
+
+/// A signed client assertion (a compact JWT).
+///
+/// # Security
+///
+/// It authenticates as the client until it expires: `Debug` prints `SignedAssertion([redacted])`
+/// and there is no `Display`. Use [`as_str`](Self::as_str) to send it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedAssertion(String);
+
+impl SignedAssertion {
+    /// The compact JWT.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SignedAssertion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SignedAssertion([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwks::JwkSet;
+    use crate::test_support::{ec_key, rsa_key};
+    use jsonwebtoken::{DecodingKey, Validation};
+    use serde_json::{Value, json};
+
+    const AUD: &str = "https://auth.example.org/oauth2/token";
+
+    fn decode_with_jwks(jwt: &str, key: &SigningKey) -> (Value, Value) {
+        // Take the verification key back out of the exported, serialised JWK Set.
+        let document = serde_json::to_string(&JwkSet::from_keys([key]).unwrap()).unwrap();
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&document).unwrap();
+        let header = jsonwebtoken::decode_header(jwt).unwrap();
+        let jwk = set.find(header.kid.as_deref().unwrap()).unwrap();
+        let mut validation = Validation::new(key.algorithm().jwt());
+        validation.set_audience(&[AUD]);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
+            .unwrap();
+        let header_json: Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                jwt.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        (header_json, data.claims)
+    }
+
+    #[test]
+    fn header_and_claims_are_exactly_as_specified() {
+        for key in [rsa_key(), ec_key()] {
+            let assertion = ClientAssertion::new("client-1", AUD).unwrap();
+            let jwt = assertion.sign(&key).unwrap();
+            let (header, claims) = decode_with_jwks(jwt.as_str(), &key);
+            assert_eq!(
+                header,
+                json!({"alg": key.algorithm().as_str(), "kid": key.kid(), "typ": "JWT"})
+            );
+            let obj = claims.as_object().unwrap();
+            let mut names: Vec<&str> = obj.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["aud", "exp", "iat", "iss", "jti", "sub"]);
+            assert_eq!(claims["iss"], "client-1");
+            assert_eq!(claims["sub"], "client-1");
+            assert_eq!(claims["aud"], AUD, "aud is one string, not an array");
+            let jti = claims["jti"].as_str().unwrap();
+            assert_eq!(uuid::Uuid::parse_str(jti).unwrap().get_version_num(), 4);
+        }
+    }
+
+    #[test]
+    fn times_are_integer_seconds_backdated_and_bounded() {
+        let key = ec_key();
+        let now = UNIX_EPOCH + Duration::from_millis(1_800_000_000_750);
+        let jwt = ClientAssertion::new("c", AUD)
+            .unwrap()
+            .sign_at(&key, now, "jti-1")
+            .unwrap();
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
+            .unwrap()
+            .claims;
+        assert_eq!(claims["iat"], json!(1_800_000_000 - 5));
+        assert_eq!(claims["exp"], json!(1_800_000_000 + 60));
+        assert_eq!(claims["jti"], "jti-1");
+    }
+
+    #[test]
+    fn lifetime_and_backdate_are_configurable_within_limits() {
+        let base = ClientAssertion::new("c", AUD).unwrap();
+        let err = base.clone().with_lifetime(Duration::from_secs(301)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(base.clone().with_lifetime(Duration::ZERO).is_err());
+        assert!(base.clone().with_iat_backdate(Duration::from_secs(61)).is_err());
+        let custom = base
+            .with_lifetime(Duration::from_secs(300))
+            .unwrap()
+            .with_iat_backdate(Duration::ZERO)
+            .unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let jwt = custom.sign_at(&ec_key(), now, "j").unwrap();
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
+            .unwrap()
+            .claims;
+        assert_eq!((claims["iat"].as_u64(), claims["exp"].as_u64()), (Some(1_000), Some(1_300)));
+    }
+
+    #[test]
+    fn every_assertion_has_a_new_jti() {
+        let assertion = ClientAssertion::new("c", AUD).unwrap();
+        let key = ec_key();
+        let jti = |jwt: SignedAssertion| {
+            jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str()).unwrap().claims["jti"]
+                .clone()
+        };
+        assert_ne!(jti(assertion.sign(&key).unwrap()), jti(assertion.sign(&key).unwrap()));
+    }
+
+    #[test]
+    fn audience_is_kept_byte_for_byte() {
+        let aud = "https://Auth.Example.org:443/oauth2/token/";
+        let jwt = ClientAssertion::new("c", aud).unwrap().sign(&ec_key()).unwrap();
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
+            .unwrap()
+            .claims;
+        assert_eq!(claims["aud"], aud);
+    }
+
+    #[test]
+    fn debug_never_shows_the_jwt() {
+        let jwt = ClientAssertion::new("c", AUD).unwrap().sign(&ec_key()).unwrap();
+        let debug = format!("{jwt:?}");
+        assert_eq!(debug, "SignedAssertion([redacted])");
+        assert!(!debug.contains(jwt.as_str().split('.').next().unwrap()));
+    }
+
+    #[test]
+    fn empty_inputs_are_refused() {
+        assert!(ClientAssertion::new("", AUD).is_err());
+        assert!(ClientAssertion::new("c", "").is_err());
+        let assertion = ClientAssertion::new("c", AUD).unwrap();
+        assert!(assertion.sign_at(&ec_key(), SystemTime::now(), "").is_err());
+    }
+}

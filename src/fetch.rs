@@ -1,0 +1,59 @@
+//! HTTP plumbing shared by the token client and discovery.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, ErrorKind};
+
+/// Largest token-endpoint or discovery body read (DESIGN section 6). A token response is a few
+/// hundred bytes; anything near this is not one.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// Default timeout for one token or discovery request, connect included.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP client used when the caller brings none: no redirects (a token request must not be
+/// sent anywhere else), no proxy from the environment, a request timeout.
+pub(crate) fn default_client(timeout: Duration) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("koppeltaal-auth/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| Error::config("cannot build the HTTP client").with_source(err))
+}
+
+/// Reads a response body, refusing (without reading on) one larger than `limit`.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, Error> {
+    let status = response.status();
+    let too_large = || {
+        Error::new(
+            ErrorKind::ResponseTooLarge,
+            format!("more than {} KiB", limit / 1024),
+        )
+        .with_status(status)
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| Error::from_reqwest("the response body broke off", err))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,278 @@
+//! SMART discovery: `GET <fhir-base>/.well-known/smart-configuration`.
+//!
+//! Koppeltaal publishes its auth endpoints in the SMART configuration of each domain's FHIR base
+//! (TOP-KT-016), fetched without a token. [`discover`] reads it and checks what this crate needs:
+//! a `token_endpoint` (a relative one is resolved against the FHIR base) and, when the list is
+//! present, `private_key_jwt` among `token_endpoint_auth_methods_supported`. Koppeltaal does not
+//! publish `token_endpoint_auth_signing_alg_values_supported`, so the algorithm is configured.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), koppeltaal_auth::Error> {
+//! let smart = koppeltaal_auth::smart::discover(
+//!     "https://fhir-server.koppeltaal.headease.nl/fhir/DEFAULT",
+//! )
+//! .await?;
+//! println!("token endpoint: {}", smart.token_endpoint);
+//! # Ok(()) }
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::endpoint::{check_secure, parse_secure_url};
+use crate::error::{Error, ErrorKind};
+use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
+use crate::key::Algorithm;
+
+const WELL_KNOWN: &str = ".well-known/smart-configuration";
+
+/// The parts of a SMART configuration document this crate reads; the rest is kept in
+/// [`other`](Self::other).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SmartConfiguration {
+    /// The token endpoint, absolute: exactly as published when it was absolute, else resolved
+    /// against the FHIR base. Also the `aud` of client assertions.
+    pub token_endpoint: String,
+    /// `issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `jwks_uri`: the auth server's own keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// `token_endpoint_auth_methods_supported`; `None` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// `token_endpoint_auth_signing_alg_values_supported`; Koppeltaal leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
+    /// `grant_types_supported`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_types_supported: Option<Vec<String>>,
+    /// `scopes_supported`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_supported: Option<Vec<String>>,
+    /// `capabilities`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
+    /// `introspection_endpoint` (TOP-KT-021).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection_endpoint: Option<String>,
+    /// Every other member, untouched.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl SmartConfiguration {
+    /// Parses and checks a SMART configuration document served under `fhir_base`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Discovery`] when the body is not a JSON object, `token_endpoint` is missing
+    /// or not a string, a list member has the wrong type, or `private_key_jwt` is missing from a
+    /// present `token_endpoint_auth_methods_supported`; [`ErrorKind::Config`] when the token
+    /// endpoint is not HTTPS (loopback hosts excepted).
+    pub fn from_json(body: &[u8], fhir_base: &Url) -> Result<Self, Error> {
+        let discovery = |message: &'static str| Error::new(ErrorKind::Discovery, message);
+        let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
+            return Err(discovery("the SMART configuration is not a JSON object"));
+        };
+        let endpoint = match object.get("token_endpoint") {
+            Some(Value::String(endpoint)) if !endpoint.is_empty() => endpoint.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                return Err(discovery("the SMART configuration has no token_endpoint"));
+            }
+            Some(_) => return Err(discovery("token_endpoint is not a string")),
+        };
+        let resolved = resolve(&endpoint, fhir_base)?;
+        object.insert("token_endpoint".to_owned(), Value::String(resolved));
+        let config: Self = serde_json::from_value(Value::Object(object)).map_err(|err| {
+            Error::new(ErrorKind::Discovery, "the SMART configuration has a malformed member")
+                .with_source(err)
+        })?;
+        if let Some(methods) = &config.token_endpoint_auth_methods_supported
+            && !methods.iter().any(|method| method == "private_key_jwt")
+        {
+            return Err(discovery(
+                "the server does not list private_key_jwt in \
+                 token_endpoint_auth_methods_supported",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Whether the server accepts assertions signed with `alg`: true when it advertises the
+    /// algorithm, or advertises no list (Koppeltaal).
+    #[must_use]
+    pub fn supports_signing_alg(&self, alg: Algorithm) -> bool {
+        self.token_endpoint_auth_signing_alg_values_supported
+            .as_ref()
+            .is_none_or(|algs| algs.iter().any(|a| a == alg.as_str()))
+    }
+}
+
+/// Resolves a published token endpoint: an absolute URL stays byte for byte as published (the
+/// reference server compares `aud` as a string), a relative one is resolved against the base.
+fn resolve(endpoint: &str, fhir_base: &Url) -> Result<String, Error> {
+    if let Ok(url) = Url::parse(endpoint) {
+        check_secure("token endpoint", &url)?;
+        return Ok(endpoint.to_owned());
+    }
+    let url = directory(fhir_base).join(endpoint).map_err(|err| {
+        Error::new(ErrorKind::Discovery, "token_endpoint is not a URL").with_source(err)
+    })?;
+    check_secure("token endpoint", &url)?;
+    Ok(url.into())
+}
+
+/// The base as a directory, so that joining appends instead of replacing the last segment.
+fn directory(base: &Url) -> Url {
+    let mut dir = base.clone();
+    if !dir.path().ends_with('/') {
+        let path = format!("{}/", dir.path());
+        dir.set_path(&path);
+    }
+    dir.set_query(None);
+    dir
+}
+
+/// The discovery URL for a FHIR base, with or without a trailing slash.
+pub(crate) fn well_known_url(fhir_base: &Url) -> Result<Url, Error> {
+    directory(fhir_base)
+        .join(WELL_KNOWN)
+        .map_err(|err| Error::config("cannot build the discovery URL").with_source(err))
+}
+
+/// Fetches and checks `<fhir_base>/.well-known/smart-configuration` with a default HTTP client
+/// (no redirects, no proxy, 10 second timeout).
+///
+/// # Errors
+///
+/// As [`discover_with`].
+pub async fn discover(fhir_base: &str) -> Result<SmartConfiguration, Error> {
+    discover_with(&default_client(DEFAULT_REQUEST_TIMEOUT)?, fhir_base).await
+}
+
+/// Fetches and checks `<fhir_base>/.well-known/smart-configuration` with `http`, without a
+/// token.
+///
+/// # Errors
+///
+/// - [`ErrorKind::Config`] when `fhir_base` is not an absolute `https` URL (plain `http` is
+///   allowed for loopback hosts only);
+/// - [`ErrorKind::Transport`] or [`ErrorKind::Timeout`] when the server cannot be reached;
+/// - [`ErrorKind::Discovery`] for an error status (with [`Error::status`]) or a document
+///   [`SmartConfiguration::from_json`] refuses;
+/// - [`ErrorKind::ResponseTooLarge`] for a body over 64 KiB.
+pub async fn discover_with(
+    http: &reqwest::Client,
+    fhir_base: &str,
+) -> Result<SmartConfiguration, Error> {
+    let base = parse_secure_url("FHIR base URL", fhir_base)?;
+    let url = well_known_url(&base)?;
+    let response = http
+        .get(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|err| Error::from_reqwest("SMART discovery request failed", err))?;
+    let status = response.status();
+    let body = read_limited(response, MAX_BODY).await?;
+    if !status.is_success() {
+        return Err(
+            Error::new(ErrorKind::Discovery, format!("GET {url} failed"))
+                .with_status(status)
+                .with_body_snippet(&body),
+        );
+    }
+    let config = SmartConfiguration::from_json(&body, &base)?;
+    tracing::debug!(fhir_base = %base, token_endpoint = %config.token_endpoint, "SMART configuration discovered");
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn well_known_url_with_and_without_trailing_slash() {
+        for b in ["https://fhir.example.org/fhir/DEFAULT", "https://fhir.example.org/fhir/DEFAULT/"] {
+            assert_eq!(
+                well_known_url(&base(b)).unwrap().as_str(),
+                "https://fhir.example.org/fhir/DEFAULT/.well-known/smart-configuration"
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_endpoint_is_kept_byte_for_byte() {
+        let doc = br#"{"token_endpoint":"https://Auth.example.org:443/oauth2/token/","foo":1}"#;
+        let config = SmartConfiguration::from_json(doc, &base("https://fhir.example.org/fhir")).unwrap();
+        assert_eq!(config.token_endpoint, "https://Auth.example.org:443/oauth2/token/");
+        assert_eq!(config.other["foo"], 1);
+    }
+
+    #[test]
+    fn relative_endpoints_resolve_against_the_base() {
+        let b = base("https://fhir.example.org/fhir/DEFAULT");
+        let cases = [
+            ("oauth2/token", "https://fhir.example.org/fhir/DEFAULT/oauth2/token"),
+            ("/oauth2/token", "https://fhir.example.org/oauth2/token"),
+            ("../auth/token", "https://fhir.example.org/fhir/auth/token"),
+        ];
+        for (relative, expected) in cases {
+            let doc = format!(r#"{{"token_endpoint":"{relative}"}}"#);
+            let config = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap();
+            assert_eq!(config.token_endpoint, expected, "{relative}");
+        }
+    }
+
+    #[test]
+    fn refuses_unusable_documents() {
+        let b = base("https://fhir.example.org/fhir");
+        let cases: &[(&str, ErrorKind, &str)] = &[
+            ("{}", ErrorKind::Discovery, "no token_endpoint"),
+            (r#"{"token_endpoint":""}"#, ErrorKind::Discovery, "no token_endpoint"),
+            (r#"{"token_endpoint":5}"#, ErrorKind::Discovery, "not a string"),
+            ("<html></html>", ErrorKind::Discovery, "not a JSON object"),
+            (
+                r#"{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":["client_secret_basic"]}"#,
+                ErrorKind::Discovery,
+                "private_key_jwt",
+            ),
+            (
+                r#"{"token_endpoint":"https://a/t","grant_types_supported":"client_credentials"}"#,
+                ErrorKind::Discovery,
+                "malformed member",
+            ),
+            (r#"{"token_endpoint":"http://auth.example.org/t"}"#, ErrorKind::Config, "https"),
+        ];
+        for (doc, kind, expected) in cases {
+            let err = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap_err();
+            assert_eq!(err.kind(), *kind, "{doc}");
+            assert!(err.to_string().contains(expected), "{doc}: {err}");
+        }
+    }
+
+    #[test]
+    fn signing_alg_support() {
+        let b = base("https://fhir.example.org/fhir");
+        let koppeltaal = SmartConfiguration::from_json(br#"{"token_endpoint":"https://a/t"}"#, &b).unwrap();
+        assert!(koppeltaal.supports_signing_alg(Algorithm::RS512));
+        let smart = SmartConfiguration::from_json(
+            br#"{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":["private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported":["RS384","ES384"]}"#,
+            &b,
+        )
+        .unwrap();
+        assert!(smart.supports_signing_alg(Algorithm::ES384));
+        assert!(!smart.supports_signing_alg(Algorithm::RS512));
+    }
+}

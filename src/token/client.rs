@@ -1,0 +1,264 @@
+//! `ClientCredentials`: the SMART Backend Services token request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::response::{parse_error_response, parse_token_response};
+use super::{AccessToken, BoxFuture, TokenSource};
+use crate::assertion::ClientAssertion;
+use crate::endpoint::parse_secure_url;
+use crate::error::Error;
+use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
+use crate::key::SigningKey;
+
+/// `expires_in` assumed when a token response has none: Koppeltaal's default token lifetime.
+/// Never "valid forever", the mistake every peer library makes.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The SMART Backend Services client credentials flow: a [`TokenSource`] that signs a fresh
+/// client assertion for every request and posts it to the token endpoint.
+///
+/// The request is `POST` form-encoded with `Accept: application/json`:
+/// `grant_type=client_credentials`,
+/// `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`,
+/// `client_assertion=<jwt>`, and `scope` only when configured (Koppeltaal ignores it). No client
+/// secret, no Basic auth, no redirects followed. Response bodies over 64 KiB are refused unread.
+///
+/// Cheap to clone.
+///
+/// # Example
+///
+/// ```no_run
+/// use koppeltaal_auth::{ClientCredentials, SigningKey, TokenSource};
+///
+/// # async fn run() -> Result<(), koppeltaal_auth::Error> {
+/// let key = SigningKey::from_pem(std::fs::read("client-key.pem").unwrap_or_default(), "kid-1")?;
+/// let source = ClientCredentials::builder()
+///     .client_id("7e9b2b4e-0000-4000-8000-000000000000")
+///     .token_endpoint("https://auth-service.koppeltaal.headease.nl/oauth2/token")
+///     .signing_key(key)
+///     .build()?;
+/// let token = source.fetch().await?;
+/// println!("token valid for {:?}", token.lifetime());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientCredentials {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    token_endpoint: url::Url,
+    assertion: ClientAssertion,
+    key: SigningKey,
+    scope: Option<String>,
+    default_lifetime: Duration,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.inner.assertion.client_id())
+            .field("token_endpoint", &self.inner.assertion.audience())
+            .field("key", &self.inner.key)
+            .field("scope", &self.inner.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`ClientCredentials`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct ClientCredentialsBuilder {
+    client_id: Option<String>,
+    token_endpoint: Option<String>,
+    key: Option<SigningKey>,
+    scope: Option<String>,
+    assertion_lifetime: Option<Duration>,
+    iat_backdate: Option<Duration>,
+    default_lifetime: Option<Duration>,
+    http: Option<reqwest::Client>,
+    timeout: Option<Duration>,
+}
+
+impl ClientCredentials {
+    /// Starts building a [`ClientCredentials`].
+    pub fn builder() -> ClientCredentialsBuilder {
+        ClientCredentialsBuilder::default()
+    }
+
+    /// The token endpoint, exactly as configured (it is also the assertion's `aud`).
+    #[must_use]
+    pub fn token_endpoint(&self) -> &str {
+        self.inner.assertion.audience()
+    }
+
+    /// The client id.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        self.inner.assertion.client_id()
+    }
+
+    async fn request(&self) -> Result<AccessToken, Error> {
+        let inner = &*self.inner;
+        // A new assertion (new jti) for every attempt: the server refuses a jti it has seen.
+        let assertion = inner.assertion.sign(&inner.key)?;
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", assertion.as_str()),
+        ];
+        if let Some(scope) = &inner.scope {
+            form.push(("scope", scope));
+        }
+        let started = Instant::now();
+        let response = inner
+            .http
+            .post(inner.token_endpoint.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|err| Error::from_reqwest("token request failed", err))?;
+        let received_at = Instant::now();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_limited(response, MAX_BODY).await?;
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "token endpoint answered"
+        );
+        if status.is_success() {
+            parse_token_response(&body, received_at, inner.default_lifetime)
+        } else {
+            Err(parse_error_response(status, &headers, &body, SystemTime::now()))
+        }
+    }
+}
+
+impl TokenSource for ClientCredentials {
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+        let span = tracing::debug_span!(
+            "token_request",
+            token_endpoint = %self.inner.token_endpoint,
+            client_id = %self.inner.assertion.client_id(),
+            kid = %self.inner.key.kid(),
+        );
+        Box::pin(self.request().instrument(span))
+    }
+}
+
+impl ClientCredentialsBuilder {
+    /// Sets the client id from domain management: `iss` and `sub` of the assertion. Required.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the token endpoint URL. Required. Used byte for byte as the assertion `aud`: the
+    /// reference server compares strings, so a trailing slash matters.
+    pub fn token_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.token_endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the key that signs assertions. Required.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sends `scope` with every token request. By default no scope is sent: Koppeltaal sets
+    /// the scope from the application's role.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Sets the assertion lifetime. Defaults to 60 seconds, at most 300.
+    pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
+        self.assertion_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Sets the `iat` back-dating. Defaults to 5 seconds.
+    pub fn iat_backdate(mut self, backdate: Duration) -> Self {
+        self.iat_backdate = Some(backdate);
+        self
+    }
+
+    /// Sets the lifetime assumed when a token response has no `expires_in`. Defaults to 300
+    /// seconds.
+    pub fn default_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Uses this reqwest client for token requests. Configure it without redirects; by default a
+    /// client with no redirects, no proxy and a 10 second timeout is built.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Sets the timeout of one token request when the default client is used. Defaults to 10
+    /// seconds.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Builds the [`ClientCredentials`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the client id, token endpoint or key
+    /// is missing, the token endpoint is not an absolute `https` URL (plain `http` is allowed for
+    /// loopback hosts only), the assertion lifetime is over 300 seconds, or the default token
+    /// lifetime is zero.
+    pub fn build(self) -> Result<ClientCredentials, Error> {
+        let client_id = self
+            .client_id
+            .ok_or_else(|| Error::config("client_id is required"))?;
+        let endpoint = self
+            .token_endpoint
+            .ok_or_else(|| Error::config("token_endpoint is required"))?;
+        let key = self
+            .key
+            .ok_or_else(|| Error::config("signing_key is required"))?;
+        let token_endpoint = parse_secure_url("token endpoint", &endpoint)?;
+        let mut assertion = ClientAssertion::new(client_id, endpoint)?;
+        if let Some(lifetime) = self.assertion_lifetime {
+            assertion = assertion.with_lifetime(lifetime)?;
+        }
+        if let Some(backdate) = self.iat_backdate {
+            assertion = assertion.with_iat_backdate(backdate)?;
+        }
+        let default_lifetime = self.default_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        if default_lifetime.is_zero() {
+            return Err(Error::config("the default token lifetime must not be zero"));
+        }
+        let http = match self.http {
+            Some(http) => http,
+            None => default_client(self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT))?,
+        };
+        Ok(ClientCredentials {
+            inner: Arc::new(Inner {
+                http,
+                token_endpoint,
+                assertion,
+                key,
+                scope: self.scope,
+                default_lifetime,
+            }),
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! Access tokens and where they come from.
+
+mod client;
+mod response;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+pub use client::{ClientCredentials, ClientCredentialsBuilder};
+pub use client::DEFAULT_TOKEN_LIFETIME;
+
+/// A boxed, `Send` future, as returned by [`TokenSource::fetch`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An OAuth 2.0 bearer access token with its lifetime.
+///
+/// The token is opaque to this crate. Its expiry is computed from the local instant the token
+/// response arrived plus `expires_in`, never from the server's clock.
+///
+/// # Security
+///
+/// `Debug` never shows the token and there is no `Display`; use [`as_str`](Self::as_str) when you
+/// need it. The ready-made `Authorization` value from [`header_value`](Self::header_value) is
+/// marked sensitive, so HTTP libraries leave it out of their logs.
+#[derive(Clone)]
+pub struct AccessToken {
+    header: HeaderValue,
+    lifetime: Duration,
+    received_at: Instant,
+    scope: Option<Arc<str>>,
+}
+
+const BEARER_PREFIX: &str = "Bearer ";
+
+impl AccessToken {
+    /// A bearer token that arrived at `received_at` and lives for `lifetime`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidTokenResponse`](crate::ErrorKind::InvalidTokenResponse) if `token` is
+    /// empty or holds anything but visible ASCII (it must fit in an HTTP header), or if `lifetime`
+    /// is zero.
+    pub fn new(token: &str, lifetime: Duration, received_at: Instant) -> Result<Self, Error> {
+        let invalid =
+            |what: &'static str| Error::new(crate::ErrorKind::InvalidTokenResponse, what);
+        if token.is_empty() {
+            return Err(invalid("`access_token` is empty"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "`access_token` holds characters that cannot go into an HTTP header",
+            ));
+        }
+        if lifetime.is_zero() {
+            return Err(invalid("the token lifetime is zero"));
+        }
+        let mut value = String::with_capacity(BEARER_PREFIX.len() + token.len());
+        value.push_str(BEARER_PREFIX);
+        value.push_str(token);
+        let mut header = HeaderValue::try_from(value)
+            .map_err(|_| invalid("`access_token` cannot go into an HTTP header"))?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header,
+            lifetime,
+            received_at,
+            scope: None,
+        })
+    }
+
+    /// Sets the granted `scope` from the token response.
+    #[must_use]
+    pub fn with_scope(mut self, scope: Option<&str>) -> Self {
+        self.scope = scope.map(Arc::from);
+        self
+    }
+
+    /// The token itself.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // Built from visible ASCII in `new`, so `to_str` cannot fail.
+        self.header
+            .to_str()
+            .map_or("", |value| &value[BEARER_PREFIX.len()..])
+    }
+
+    /// `Bearer <token>`, ready for the `Authorization` header, marked sensitive. Cloning it bumps
+    /// a reference count; it does not copy the token.
+    #[must_use]
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// How long the token lives, from `expires_in` (or the configured default when the server
+    /// sent none).
+    #[must_use]
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// When the token response arrived (local monotonic clock).
+    #[must_use]
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// When the token expires: [`received_at`](Self::received_at) plus
+    /// [`lifetime`](Self::lifetime).
+    #[must_use]
+    pub fn expires_at(&self) -> Instant {
+        self.received_at + self.lifetime
+    }
+
+    /// The scope the server granted, if it said.
+    #[must_use]
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"[redacted]")
+            .field("lifetime", &self.lifetime)
+            .field("received_at", &self.received_at)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Where access tokens come from.
+///
+/// [`ClientCredentials`] is the SMART Backend Services implementation Koppeltaal uses. Implement
+/// the trait to plug in another flow (the Koppeltaal IG plans user-level tokens) or a fake for
+/// tests. The token cell calls `fetch` at most once at a time and never caches a failure.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use koppeltaal_auth::{AccessToken, Error, TokenSource};
+/// use koppeltaal_auth::token::BoxFuture;
+///
+/// struct Static;
+///
+/// impl TokenSource for Static {
+///     fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+///         Box::pin(async {
+///             AccessToken::new("static-token", Duration::from_secs(300), tokio::time::Instant::now())
+///         })
+///     }
+/// }
+/// ```
+pub trait TokenSource: Send + Sync + 'static {
+    /// Obtains a new access token. Called for every renewal; must not return a cached token
+    /// that the caller already has.
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>>;
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Arc<T> {
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+        (**self).fetch()
+    }
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for Box<T> {
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+        (**self).fetch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_value_is_sensitive_and_debug_redacted() {
+        let token = AccessToken::new("s3cr3t-t0ken", Duration::from_secs(300), Instant::now())
+            .unwrap()
+            .with_scope(Some("system/*.cruds"));
+        assert!(token.header_value().is_sensitive());
+        assert_eq!(token.header_value(), "Bearer s3cr3t-t0ken");
+        assert_eq!(token.as_str(), "s3cr3t-t0ken");
+        let debug = format!("{token:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(!format!("{:?}", token.header_value()).contains("s3cr3t"));
+        assert_eq!(token.expires_at() - token.received_at(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn tokens_that_cannot_be_headers_are_refused() {
+        let now = Instant::now();
+        for bad in ["", "two words", "line\nbreak", "caf\u{e9}", "tab\there"] {
+            assert!(AccessToken::new(bad, Duration::from_secs(1), now).is_err(), "{bad:?}");
+        }
+        assert!(AccessToken::new("ok", Duration::ZERO, now).is_err());
+    }
+}
