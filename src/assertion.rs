@@ -105,7 +105,9 @@ impl ClientAssertion {
             ));
         }
         if lifetime < Duration::from_secs(1) {
-            return Err(Error::config("assertion lifetime must be at least 1 second"));
+            return Err(Error::config(
+                "assertion lifetime must be at least 1 second",
+            ));
         }
         self.lifetime = lifetime;
         Ok(self)
@@ -233,8 +235,9 @@ mod tests {
         let mut validation = Validation::new(key.algorithm().jwt());
         validation.set_audience(&[AUD]);
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
-            .unwrap();
+        let data =
+            jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
+                .unwrap();
         let header_json: Value = serde_json::from_slice(
             &base64::Engine::decode(
                 &base64::engine::general_purpose::URL_SAFE_NO_PAD,
@@ -287,10 +290,17 @@ mod tests {
     #[test]
     fn lifetime_and_backdate_are_configurable_within_limits() {
         let base = ClientAssertion::new("c", AUD).unwrap();
-        let err = base.clone().with_lifetime(Duration::from_secs(301)).unwrap_err();
+        let err = base
+            .clone()
+            .with_lifetime(Duration::from_secs(301))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(base.clone().with_lifetime(Duration::ZERO).is_err());
-        assert!(base.clone().with_iat_backdate(Duration::from_secs(61)).is_err());
+        assert!(
+            base.clone()
+                .with_iat_backdate(Duration::from_secs(61))
+                .is_err()
+        );
         let custom = base
             .with_lifetime(Duration::from_secs(300))
             .unwrap()
@@ -301,7 +311,10 @@ mod tests {
         let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
             .unwrap()
             .claims;
-        assert_eq!((claims["iat"].as_u64(), claims["exp"].as_u64()), (Some(1_000), Some(1_300)));
+        assert_eq!(
+            (claims["iat"].as_u64(), claims["exp"].as_u64()),
+            (Some(1_000), Some(1_300))
+        );
     }
 
     #[test]
@@ -309,16 +322,24 @@ mod tests {
         let assertion = ClientAssertion::new("c", AUD).unwrap();
         let key = ec_key();
         let jti = |jwt: SignedAssertion| {
-            jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str()).unwrap().claims["jti"]
+            jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
+                .unwrap()
+                .claims["jti"]
                 .clone()
         };
-        assert_ne!(jti(assertion.sign(&key).unwrap()), jti(assertion.sign(&key).unwrap()));
+        assert_ne!(
+            jti(assertion.sign(&key).unwrap()),
+            jti(assertion.sign(&key).unwrap())
+        );
     }
 
     #[test]
     fn audience_is_kept_byte_for_byte() {
         let aud = "https://Auth.Example.org:443/oauth2/token/";
-        let jwt = ClientAssertion::new("c", aud).unwrap().sign(&ec_key()).unwrap();
+        let jwt = ClientAssertion::new("c", aud)
+            .unwrap()
+            .sign(&ec_key())
+            .unwrap();
         let claims: Value = jsonwebtoken::dangerous::insecure_decode::<Value>(jwt.as_str())
             .unwrap()
             .claims;
@@ -327,7 +348,10 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_jwt() {
-        let jwt = ClientAssertion::new("c", AUD).unwrap().sign(&ec_key()).unwrap();
+        let jwt = ClientAssertion::new("c", AUD)
+            .unwrap()
+            .sign(&ec_key())
+            .unwrap();
         let debug = format!("{jwt:?}");
         assert_eq!(debug, "SignedAssertion([redacted])");
         assert!(!debug.contains(jwt.as_str().split('.').next().unwrap()));

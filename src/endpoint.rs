@@ -40,7 +40,9 @@ pub(crate) fn check_secure(what: &'static str, url: &Url) -> Result<(), Error> {
         return Err(Error::config(format!("{what} has no host")));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::config(format!("{what} must not contain credentials")));
+        return Err(Error::config(format!(
+            "{what} must not contain credentials"
+        )));
     }
     if url.fragment().is_some() {
         return Err(Error::config(format!("{what} must not contain a fragment")));

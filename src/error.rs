@@ -340,7 +340,8 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
         let mut d = f.debug_struct("Error");
-        d.field("kind", &inner.kind).field("message", &inner.message);
+        d.field("kind", &inner.kind)
+            .field("message", &inner.message);
         if let Some(status) = inner.status {
             d.field("status", &status);
         }
@@ -404,10 +405,14 @@ pub(crate) fn sanitize_snippet(body: &[u8]) -> String {
 }
 
 fn push_redacted(out: &mut String, word: &str) {
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '/' | '=' | '~');
+    let is_token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '/' | '=' | '~');
     let mut run_start = None;
     let mut last = 0;
-    for (i, c) in word.char_indices().chain(std::iter::once((word.len(), ' '))) {
+    for (i, c) in word
+        .char_indices()
+        .chain(std::iter::once((word.len(), ' ')))
+    {
         match (is_token_char(c), run_start) {
             (true, None) => run_start = Some(i),
             (false, Some(start)) => {

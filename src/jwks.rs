@@ -150,7 +150,12 @@ mod tests {
     #[test]
     fn rsa_jwk_has_exactly_the_public_members() {
         let jwk = serde_json::to_value(rsa_key().public_jwk()).unwrap();
-        let members: Vec<&str> = jwk.as_object().unwrap().keys().map(String::as_str).collect();
+        let members: Vec<&str> = jwk
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(members, ["alg", "e", "kid", "kty", "n", "use"]);
         assert_eq!(jwk["kty"], "RSA");
         assert_eq!(jwk["e"], "AQAB");
@@ -158,8 +163,14 @@ mod tests {
         assert_eq!(jwk["alg"], "RS512");
         let n = jwk["n"].as_str().unwrap();
         assert!(!n.contains(['=', '+', '/']), "base64url without padding");
-        let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(n).unwrap();
-        assert_eq!(modulus.len(), 256, "2048-bit modulus without a leading zero");
+        let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(n)
+            .unwrap();
+        assert_eq!(
+            modulus.len(),
+            256,
+            "2048-bit modulus without a leading zero"
+        );
     }
 
     #[test]

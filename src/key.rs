@@ -207,8 +207,15 @@ impl From<String> for KeyId {
 /// The public half of a key, as JWK members need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PublicParts {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    Ec { curve: Curve, x: Vec<u8>, y: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    Ec {
+        curve: Curve,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
 }
 
 /// A private key that signs client assertions, with its [`Algorithm`] and `kid`.
@@ -493,7 +500,9 @@ fn parse_private_pem(input: &[u8]) -> Result<(Zeroizing<Vec<u8>>, KeyType), Erro
     };
     let der = Zeroizing::new(block.into_contents());
     let unsupported = || {
-        Error::key("unsupported or malformed private key (supported: RSA 2048+ bits, EC P-256, EC P-384)")
+        Error::key(
+            "unsupported or malformed private key (supported: RSA 2048+ bits, EC P-256, EC P-384)",
+        )
     };
     let too_small = || Error::key("RSA keys must have at least 2048 bits");
     match kind {
@@ -606,8 +615,8 @@ mod tests {
             ("test-only-p384-sec1.pem", Algorithm::ES384),
         ];
         for (file, default_alg) in cases {
-            let key = SigningKey::from_pem(pem(file), "k1")
-                .unwrap_or_else(|err| panic!("{file}: {err}"));
+            let key =
+                SigningKey::from_pem(pem(file), "k1").unwrap_or_else(|err| panic!("{file}: {err}"));
             assert_eq!(key.algorithm(), default_alg, "{file}");
             assert_eq!(key.kid(), "k1");
         }
@@ -615,8 +624,10 @@ mod tests {
 
     #[test]
     fn pkcs1_and_pkcs8_of_one_key_agree() {
-        let a = SigningKey::from_pem(pem("test-only-rsa2048-pkcs8.pem"), KeyId::Thumbprint).unwrap();
-        let b = SigningKey::from_pem(pem("test-only-rsa2048-pkcs1.pem"), KeyId::Thumbprint).unwrap();
+        let a =
+            SigningKey::from_pem(pem("test-only-rsa2048-pkcs8.pem"), KeyId::Thumbprint).unwrap();
+        let b =
+            SigningKey::from_pem(pem("test-only-rsa2048-pkcs1.pem"), KeyId::Thumbprint).unwrap();
         assert_eq!(a.kid(), b.kid());
         let c = SigningKey::from_pem(pem("test-only-p384-sec1.pem"), KeyId::Thumbprint).unwrap();
         let d = SigningKey::from_pem(pem("test-only-p384-pkcs8.pem"), KeyId::Thumbprint).unwrap();
@@ -643,16 +654,56 @@ mod tests {
     #[test]
     fn refuses_mismatches_at_load_time() {
         let cases: &[(&str, Algorithm, &str)] = &[
-            ("test-only-rsa2048-pkcs8.pem", Algorithm::ES384, "ES384 needs an EC P-384 key, but the key is an RSA key"),
-            ("test-only-p384-pkcs8.pem", Algorithm::ES256, "ES256 needs an EC P-256 key, but the key is an EC P-384 key"),
-            ("test-only-p256-sec1.pem", Algorithm::ES384, "ES384 needs an EC P-384 key"),
-            ("test-only-p256-pkcs8.pem", Algorithm::RS512, "RS512 needs an RSA key"),
-            ("test-only-rsa1024-pkcs8.pem", Algorithm::RS512, "at least 2048 bits"),
-            ("test-only-rsa2048-public.pem", Algorithm::RS512, "found a public key, not a private key"),
-            ("test-only-cert.pem", Algorithm::RS512, "found a certificate, not a private key"),
-            ("test-only-rsa2048-encrypted.pem", Algorithm::RS512, "encrypted private keys are not supported"),
-            ("test-only-p521-pkcs8.pem", Algorithm::ES384, "unsupported or malformed private key"),
-            ("test-only-ed25519-pkcs8.pem", Algorithm::ES256, "unsupported or malformed private key"),
+            (
+                "test-only-rsa2048-pkcs8.pem",
+                Algorithm::ES384,
+                "ES384 needs an EC P-384 key, but the key is an RSA key",
+            ),
+            (
+                "test-only-p384-pkcs8.pem",
+                Algorithm::ES256,
+                "ES256 needs an EC P-256 key, but the key is an EC P-384 key",
+            ),
+            (
+                "test-only-p256-sec1.pem",
+                Algorithm::ES384,
+                "ES384 needs an EC P-384 key",
+            ),
+            (
+                "test-only-p256-pkcs8.pem",
+                Algorithm::RS512,
+                "RS512 needs an RSA key",
+            ),
+            (
+                "test-only-rsa1024-pkcs8.pem",
+                Algorithm::RS512,
+                "at least 2048 bits",
+            ),
+            (
+                "test-only-rsa2048-public.pem",
+                Algorithm::RS512,
+                "found a public key, not a private key",
+            ),
+            (
+                "test-only-cert.pem",
+                Algorithm::RS512,
+                "found a certificate, not a private key",
+            ),
+            (
+                "test-only-rsa2048-encrypted.pem",
+                Algorithm::RS512,
+                "encrypted private keys are not supported",
+            ),
+            (
+                "test-only-p521-pkcs8.pem",
+                Algorithm::ES384,
+                "unsupported or malformed private key",
+            ),
+            (
+                "test-only-ed25519-pkcs8.pem",
+                Algorithm::ES256,
+                "unsupported or malformed private key",
+            ),
         ];
         for (file, alg, expected) in cases {
             let err = SigningKey::from_pem_with_algorithm(pem(file), *alg, "k").unwrap_err();
@@ -751,7 +802,10 @@ mod tests {
     fn algorithm_names_parse() {
         assert_eq!("rs512".parse::<Algorithm>().unwrap(), Algorithm::RS512);
         assert_eq!("ES384".parse::<Algorithm>().unwrap(), Algorithm::ES384);
-        assert_eq!("HS256".parse::<Algorithm>().unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(
+            "HS256".parse::<Algorithm>().unwrap_err().kind(),
+            ErrorKind::Config
+        );
         assert_eq!(Algorithm::default(), Algorithm::RS512);
     }
 }

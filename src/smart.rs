@@ -90,8 +90,11 @@ impl SmartConfiguration {
         let resolved = resolve(&endpoint, fhir_base)?;
         object.insert("token_endpoint".to_owned(), Value::String(resolved));
         let config: Self = serde_json::from_value(Value::Object(object)).map_err(|err| {
-            Error::new(ErrorKind::Discovery, "the SMART configuration has a malformed member")
-                .with_source(err)
+            Error::new(
+                ErrorKind::Discovery,
+                "the SMART configuration has a malformed member",
+            )
+            .with_source(err)
         })?;
         if let Some(methods) = &config.token_endpoint_auth_methods_supported
             && !methods.iter().any(|method| method == "private_key_jwt")
@@ -203,7 +206,10 @@ mod tests {
 
     #[test]
     fn well_known_url_with_and_without_trailing_slash() {
-        for b in ["https://fhir.example.org/fhir/DEFAULT", "https://fhir.example.org/fhir/DEFAULT/"] {
+        for b in [
+            "https://fhir.example.org/fhir/DEFAULT",
+            "https://fhir.example.org/fhir/DEFAULT/",
+        ] {
             assert_eq!(
                 well_known_url(&base(b)).unwrap().as_str(),
                 "https://fhir.example.org/fhir/DEFAULT/.well-known/smart-configuration"
@@ -214,8 +220,12 @@ mod tests {
     #[test]
     fn absolute_endpoint_is_kept_byte_for_byte() {
         let doc = br#"{"token_endpoint":"https://Auth.example.org:443/oauth2/token/","foo":1}"#;
-        let config = SmartConfiguration::from_json(doc, &base("https://fhir.example.org/fhir")).unwrap();
-        assert_eq!(config.token_endpoint, "https://Auth.example.org:443/oauth2/token/");
+        let config =
+            SmartConfiguration::from_json(doc, &base("https://fhir.example.org/fhir")).unwrap();
+        assert_eq!(
+            config.token_endpoint,
+            "https://Auth.example.org:443/oauth2/token/"
+        );
         assert_eq!(config.other["foo"], 1);
     }
 
@@ -223,7 +233,10 @@ mod tests {
     fn relative_endpoints_resolve_against_the_base() {
         let b = base("https://fhir.example.org/fhir/DEFAULT");
         let cases = [
-            ("oauth2/token", "https://fhir.example.org/fhir/DEFAULT/oauth2/token"),
+            (
+                "oauth2/token",
+                "https://fhir.example.org/fhir/DEFAULT/oauth2/token",
+            ),
             ("/oauth2/token", "https://fhir.example.org/oauth2/token"),
             ("../auth/token", "https://fhir.example.org/fhir/auth/token"),
         ];
@@ -239,8 +252,16 @@ mod tests {
         let b = base("https://fhir.example.org/fhir");
         let cases: &[(&str, ErrorKind, &str)] = &[
             ("{}", ErrorKind::Discovery, "no token_endpoint"),
-            (r#"{"token_endpoint":""}"#, ErrorKind::Discovery, "no token_endpoint"),
-            (r#"{"token_endpoint":5}"#, ErrorKind::Discovery, "not a string"),
+            (
+                r#"{"token_endpoint":""}"#,
+                ErrorKind::Discovery,
+                "no token_endpoint",
+            ),
+            (
+                r#"{"token_endpoint":5}"#,
+                ErrorKind::Discovery,
+                "not a string",
+            ),
             ("<html></html>", ErrorKind::Discovery, "not a JSON object"),
             (
                 r#"{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":["client_secret_basic"]}"#,
@@ -252,7 +273,11 @@ mod tests {
                 ErrorKind::Discovery,
                 "malformed member",
             ),
-            (r#"{"token_endpoint":"http://auth.example.org/t"}"#, ErrorKind::Config, "https"),
+            (
+                r#"{"token_endpoint":"http://auth.example.org/t"}"#,
+                ErrorKind::Config,
+                "https",
+            ),
         ];
         for (doc, kind, expected) in cases {
             let err = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap_err();
@@ -264,7 +289,8 @@ mod tests {
     #[test]
     fn signing_alg_support() {
         let b = base("https://fhir.example.org/fhir");
-        let koppeltaal = SmartConfiguration::from_json(br#"{"token_endpoint":"https://a/t"}"#, &b).unwrap();
+        let koppeltaal =
+            SmartConfiguration::from_json(br#"{"token_endpoint":"https://a/t"}"#, &b).unwrap();
         assert!(koppeltaal.supports_signing_alg(Algorithm::RS512));
         let smart = SmartConfiguration::from_json(
             br#"{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":["private_key_jwt"],

@@ -9,7 +9,9 @@ pub(crate) fn pem(name: &str) -> &'static str {
     match name {
         "test-only-rsa2048-pkcs8.pem" => include_str!("../tests/data/test-only-rsa2048-pkcs8.pem"),
         "test-only-rsa2048-pkcs1.pem" => include_str!("../tests/data/test-only-rsa2048-pkcs1.pem"),
-        "test-only-rsa2048-public.pem" => include_str!("../tests/data/test-only-rsa2048-public.pem"),
+        "test-only-rsa2048-public.pem" => {
+            include_str!("../tests/data/test-only-rsa2048-public.pem")
+        }
         "test-only-rsa2048-encrypted.pem" => {
             include_str!("../tests/data/test-only-rsa2048-encrypted.pem")
         }
@@ -31,8 +33,12 @@ static RSA: LazyLock<SigningKey> = LazyLock::new(|| {
 });
 
 static EC: LazyLock<SigningKey> = LazyLock::new(|| {
-    SigningKey::from_pem_with_algorithm(pem("test-only-p384-pkcs8.pem"), Algorithm::ES384, "test-ec")
-        .expect("test EC key")
+    SigningKey::from_pem_with_algorithm(
+        pem("test-only-p384-pkcs8.pem"),
+        Algorithm::ES384,
+        "test-ec",
+    )
+    .expect("test EC key")
 });
 
 /// The RS512 test key, kid `test-rsa`.

@@ -139,7 +139,12 @@ impl ClientCredentials {
         if status.is_success() {
             parse_token_response(&body, received_at, inner.default_lifetime)
         } else {
-            Err(parse_error_response(status, &headers, &body, SystemTime::now()))
+            Err(parse_error_response(
+                status,
+                &headers,
+                &body,
+                SystemTime::now(),
+            ))
         }
     }
 }

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
-pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use client::DEFAULT_TOKEN_LIFETIME;
+pub use client::{ClientCredentials, ClientCredentialsBuilder};
 
 /// A boxed, `Send` future, as returned by [`TokenSource::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -49,8 +49,7 @@ impl AccessToken {
     /// empty or holds anything but visible ASCII (it must fit in an HTTP header), or if `lifetime`
     /// is zero.
     pub fn new(token: &str, lifetime: Duration, received_at: Instant) -> Result<Self, Error> {
-        let invalid =
-            |what: &'static str| Error::new(crate::ErrorKind::InvalidTokenResponse, what);
+        let invalid = |what: &'static str| Error::new(crate::ErrorKind::InvalidTokenResponse, what);
         if token.is_empty() {
             return Err(invalid("`access_token` is empty"));
         }
@@ -193,14 +192,20 @@ mod tests {
         let debug = format!("{token:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");
         assert!(!format!("{:?}", token.header_value()).contains("s3cr3t"));
-        assert_eq!(token.expires_at() - token.received_at(), Duration::from_secs(300));
+        assert_eq!(
+            token.expires_at() - token.received_at(),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]
     fn tokens_that_cannot_be_headers_are_refused() {
         let now = Instant::now();
         for bad in ["", "two words", "line\nbreak", "caf\u{e9}", "tab\there"] {
-            assert!(AccessToken::new(bad, Duration::from_secs(1), now).is_err(), "{bad:?}");
+            assert!(
+                AccessToken::new(bad, Duration::from_secs(1), now).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(AccessToken::new("ok", Duration::ZERO, now).is_err());
     }

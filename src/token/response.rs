@@ -130,7 +130,11 @@ pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<OAuthError> {
 
 /// `Retry-After` as delta-seconds or an HTTP-date (RFC 9110 section 10.2.3).
 pub(crate) fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds.min(MAX_RETRY_AFTER)));
     }
@@ -156,18 +160,22 @@ mod tests {
         assert_eq!(kt.as_str(), "abc");
         assert_eq!(kt.lifetime(), Duration::from_secs(300));
         assert_eq!(kt.scope(), Some("system/*.cruds"));
-        let smart = parse(r#"{"access_token":"x","token_type":"bearer","expires_in":"3600"}"#).unwrap();
+        let smart =
+            parse(r#"{"access_token":"x","token_type":"bearer","expires_in":"3600"}"#).unwrap();
         assert_eq!(smart.lifetime(), Duration::from_secs(3600));
-        let float = parse(r#"{"access_token":"x","token_type":"BEARER","expires_in":60.0}"#).unwrap();
+        let float =
+            parse(r#"{"access_token":"x","token_type":"BEARER","expires_in":60.0}"#).unwrap();
         assert_eq!(float.lifetime(), Duration::from_secs(60));
     }
 
     #[test]
     fn missing_expires_in_uses_the_default_and_refresh_token_is_ignored() {
         let token =
-            parse(r#"{"access_token":"x","token_type":"Bearer","refresh_token":"ignored"}"#).unwrap();
+            parse(r#"{"access_token":"x","token_type":"Bearer","refresh_token":"ignored"}"#)
+                .unwrap();
         assert_eq!(token.lifetime(), DEFAULT);
-        let null = parse(r#"{"access_token":"x","token_type":"Bearer","expires_in":null}"#).unwrap();
+        let null =
+            parse(r#"{"access_token":"x","token_type":"Bearer","expires_in":null}"#).unwrap();
         assert_eq!(null.lifetime(), DEFAULT);
     }
 
@@ -178,20 +186,59 @@ mod tests {
             ("<html><body>502 Bad Gateway</body></html>", "HTML"),
             ("[1,2]", "not a JSON object"),
             (r#"{"token_type":"Bearer"}"#, "`access_token` is missing"),
-            (r#"{"access_token":42,"token_type":"Bearer"}"#, "`access_token` is not a string"),
+            (
+                r#"{"access_token":42,"token_type":"Bearer"}"#,
+                "`access_token` is not a string",
+            ),
             (r#"{"access_token":"","token_type":"Bearer"}"#, "empty"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"DPoP"}"#, "\"DPoP\""),
-            (r#"{"access_token":"SECRETTOKEN"}"#, "`token_type` is missing"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":-5}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":0}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":1e30}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":18446744073709551615}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":"soon"}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":299.5}"#, "expires_in"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":true}"#, "expires_in"),
-            (r#"{"access_token":"SECRET TOKEN","token_type":"Bearer"}"#, "HTTP header"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","scope":7}"#, "`scope`"),
-            (r#"{"access_token":"SECRETTOKEN","token_type":"Bearer""#, "not JSON"),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"DPoP"}"#,
+                "\"DPoP\"",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN"}"#,
+                "`token_type` is missing",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":-5}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":0}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":1e30}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":18446744073709551615}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":"soon"}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":299.5}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","expires_in":true}"#,
+                "expires_in",
+            ),
+            (
+                r#"{"access_token":"SECRET TOKEN","token_type":"Bearer"}"#,
+                "HTTP header",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer","scope":7}"#,
+                "`scope`",
+            ),
+            (
+                r#"{"access_token":"SECRETTOKEN","token_type":"Bearer""#,
+                "not JSON",
+            ),
         ];
         for (body, expected) in cases {
             let err = parse(body).unwrap_err();
@@ -245,16 +292,25 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::RETRY_AFTER, "2".parse().unwrap());
-        assert_eq!(parse_retry_after(&headers, now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after(&headers, now),
+            Some(Duration::from_secs(2))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         headers.insert(http::header::RETRY_AFTER, date.parse().unwrap());
-        assert_eq!(parse_retry_after(&headers, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&headers, now),
+            Some(Duration::from_secs(90))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
         headers.insert(http::header::RETRY_AFTER, past.parse().unwrap());
         assert_eq!(parse_retry_after(&headers, now), Some(Duration::ZERO));
         headers.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(parse_retry_after(&headers, now), None);
         headers.insert(http::header::RETRY_AFTER, "99999999999".parse().unwrap());
-        assert_eq!(parse_retry_after(&headers, now), Some(Duration::from_secs(MAX_RETRY_AFTER)));
+        assert_eq!(
+            parse_retry_after(&headers, now),
+            Some(Duration::from_secs(MAX_RETRY_AFTER))
+        );
     }
 }

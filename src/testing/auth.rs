@@ -1,0 +1,198 @@
+//! The mock token endpoint: validates client assertions like the reference auth server.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::State as AxumState;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{MockResponse, Shared, State, Token, TokenRequest};
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Longest assertion lifetime accepted (`exp - now`), as SMART demands.
+const MAX_EXP_AHEAD: u64 = 300;
+
+pub(super) async fn token(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    method: Method,
+    body: Bytes,
+) -> Response {
+    let delay = {
+        let mut state = shared.lock();
+        state.stats.token_requests += 1;
+        state.token_delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut state = shared.lock();
+    let (response, record) = handle(&shared.token_endpoint, &mut state, &method, &body);
+    if response.status != StatusCode::OK || record.refusal.is_some() {
+        state.stats.token_requests_failed += 1;
+    }
+    state.token_log.push(record);
+    let date = httpdate::fmt_http_date(state.now());
+    drop(state);
+    response.header("date", &date).into_response()
+}
+
+fn plain(status: StatusCode, text: &str) -> MockResponse {
+    MockResponse::new(status, text.to_owned()).header("content-type", "text/plain; charset=utf-8")
+}
+
+fn handle(
+    token_endpoint: &str,
+    state: &mut State,
+    method: &Method,
+    body: &[u8],
+) -> (MockResponse, TokenRequest) {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let assertion = param("client_assertion").unwrap_or("");
+    let mut record = TokenRequest {
+        params: params.iter().map(|(key, _)| key.clone()).collect(),
+        scope: param("scope").map(str::to_owned),
+        assertion_header: decode_part(assertion, 0),
+        assertion_claims: decode_part(assertion, 1),
+        status: StatusCode::OK,
+        refusal: None,
+    };
+    if let Some(fault) = state.faults.pop_front() {
+        record.status = fault.status;
+        record.refusal = Some("injected response".to_owned());
+        return (fault, record);
+    }
+    let mut refuse = |status: StatusCode, text: &str, reason: String| {
+        record.status = status;
+        record.refusal = Some(reason);
+        (plain(status, text), record.clone())
+    };
+    if method != Method::POST {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+            "not POST".into(),
+        );
+    }
+    if param("client_assertion_type") != Some(JWT_BEARER) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Access Denied",
+            "client_assertion_type is not jwt-bearer".into(),
+        );
+    }
+    let client_id = match verify_assertion(token_endpoint, state, assertion) {
+        Ok(client_id) => client_id,
+        Err(reason) => return refuse(StatusCode::UNAUTHORIZED, "Access Denied", reason),
+    };
+    if param("grant_type") != Some("client_credentials") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "grant_type is not client_credentials".into(),
+        );
+    }
+    let number = state.stats.tokens_issued + 1;
+    state.stats.tokens_issued = number;
+    let token = format!("mock-{number}-{}", uuid::Uuid::new_v4().simple());
+    let lifetime = state.token_lifetime;
+    state.tokens.insert(
+        token.clone(),
+        Token {
+            number,
+            client_id,
+            issued_at: Instant::now() + state.token_clock_advance,
+            lifetime,
+            revoked: false,
+            fhir_requests: 0,
+        },
+    );
+    let body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+        "scope": "system/*.cruds",
+    });
+    let response = MockResponse::json(&body).header("cache-control", "no-store");
+    (response, record)
+}
+
+/// Base64url-decodes and parses part `index` of a compact JWT, for the request log.
+fn decode_part(jwt: &str, index: usize) -> Option<Value> {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(index)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The reference server's checks, in its order: required claims, `jti` replay (the `jti` is
+/// consumed even when a later check fails), client by `iss`, `aud` by string equality, key by
+/// `kid`, signature with an allowed algorithm, then times with zero leeway.
+fn verify_assertion(token_endpoint: &str, state: &mut State, jwt: &str) -> Result<String, String> {
+    let header = jsonwebtoken::decode_header(jwt).map_err(|err| format!("bad header: {err}"))?;
+    let claims = decode_part(jwt, 1).ok_or("claims are not JSON")?;
+    let string_claim = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let iss = string_claim("iss").ok_or("iss missing")?;
+    let jti = string_claim("jti").ok_or("jti missing")?;
+    let Some(aud) = claims.get("aud") else {
+        return Err("aud missing".into());
+    };
+    if !state.seen_jti.insert(jti) {
+        return Err("jti replayed".into());
+    }
+    let client = state.clients.get(&iss).ok_or("unknown client")?;
+    if aud.as_str() != Some(token_endpoint) {
+        return Err(format!("aud {aud} is not {token_endpoint:?}"));
+    }
+    let kid = header.kid.as_deref().ok_or("kid missing")?;
+    let jwk = client
+        .jwks
+        .find(kid)
+        .ok_or("kid not in the client's JWK Set")?;
+    let alg = state
+        .allowed_algs
+        .iter()
+        .find(|alg| alg.jwt() == header.alg)
+        .ok_or_else(|| format!("alg {:?} not allowed", header.alg))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|err| format!("bad JWK: {err}"))?;
+    let mut validation = jsonwebtoken::Validation::new(alg.jwt());
+    validation.leeway = 0;
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims = HashSet::new();
+    jsonwebtoken::decode::<Value>(jwt, &key, &validation)
+        .map_err(|err| format!("signature: {err}"))?;
+    let now = state
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let number = |name: &str| claims.get(name).and_then(Value::as_u64);
+    let exp = number("exp").ok_or("exp missing or not a number")?;
+    if exp <= now {
+        return Err("expired".into());
+    }
+    if exp > now + MAX_EXP_AHEAD {
+        return Err("exp more than 300 s ahead".into());
+    }
+    if number("iat").is_some_and(|iat| iat > now) {
+        return Err("iat in the future".into());
+    }
+    if number("nbf").is_some_and(|nbf| nbf > now) {
+        return Err("nbf in the future".into());
+    }
+    Ok(iss)
+}

@@ -1,0 +1,466 @@
+//! An in-process Koppeltaal for tests: auth server, SMART discovery and FHIR endpoint on
+//! `127.0.0.1:0` (feature `test-util`).
+//!
+//! [`MockKoppeltaal`] validates client assertions as the Koppeltaal reference auth server does
+//! (client by `iss`, key by `kid` from the registered JWK Set, allowed algorithms, `aud` compared
+//! as a string with its own token URL, `exp` at most 300 s ahead, zero leeway on
+//! `iat`/`exp`/`nbf`, every `jti` remembered) and answers failures in plain text:
+//! `401 Access Denied` or `400 Bad Request`. Its FHIR endpoint checks bearer tokens and answers
+//! `401` without `WWW-Authenticate` for a missing, unknown, expired or revoked token, and `403`
+//! for a client marked forbidden. Knobs inject faults; counters and request logs tell what the
+//! servers saw.
+//!
+//! # Example
+//!
+//! ```
+//! use koppeltaal_auth::testing::MockKoppeltaal;
+//! use koppeltaal_auth::{ClientCredentials, SigningKey, TokenSource};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mock = MockKoppeltaal::start().await?;
+//! let key = SigningKey::generate(koppeltaal_auth::Algorithm::ES384)?;
+//! mock.register_key("my-client", &key);
+//!
+//! let source = ClientCredentials::builder()
+//!     .client_id("my-client")
+//!     .token_endpoint(mock.token_endpoint())
+//!     .signing_key(key)
+//!     .build()?;
+//! let token = source.fetch().await?;
+//! assert_eq!(mock.stats().tokens_issued, 1);
+//! # let _ = token;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod body;
+mod fhir;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::jwks::JwkSet;
+use crate::key::{Algorithm, SigningKey};
+
+pub use body::MockResponse;
+
+/// Path of the token endpoint on the mock.
+const TOKEN_PATH: &str = "/oauth2/token";
+/// Path of the FHIR base on the mock (the reference server's default domain).
+const FHIR_PATH: &str = "/fhir/DEFAULT";
+
+/// A Koppeltaal auth server and FHIR server on loopback, for tests. See the
+/// [module docs](self).
+///
+/// The server stops when the `MockKoppeltaal` is dropped.
+pub struct MockKoppeltaal {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for MockKoppeltaal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockKoppeltaal")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MockKoppeltaal {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Counters of what the mock servers saw; see [`MockKoppeltaal::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MockStats {
+    /// Requests to the token endpoint, whatever their outcome.
+    pub token_requests: u64,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+    /// Token requests answered with an error or an injected fault.
+    pub token_requests_failed: u64,
+    /// Requests to the FHIR endpoint (discovery excluded).
+    pub fhir_requests: u64,
+    /// FHIR requests answered `401`.
+    pub fhir_unauthorized: u64,
+    /// FHIR requests answered `403`.
+    pub fhir_forbidden: u64,
+    /// Requests for the SMART configuration.
+    pub discovery_requests: u64,
+    /// Times [`MockKoppeltaal::revoke_all_tokens`] was called.
+    pub revocations: u64,
+}
+
+/// A request the FHIR endpoint received; see [`MockKoppeltaal::fhir_requests`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ReceivedRequest {
+    /// The method.
+    pub method: Method,
+    /// Path and query, as received.
+    pub path_and_query: String,
+    /// All headers, `Authorization` included.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// The number of the token that authenticated it (1 for the first token issued), when the
+    /// token was one the mock issued.
+    pub token_number: Option<u64>,
+    /// What the mock answered.
+    pub status: StatusCode,
+}
+
+/// A token request the token endpoint received; see [`MockKoppeltaal::token_requests`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenRequest {
+    /// The form parameter names, in order (`client_assertion` included, its value not).
+    pub params: Vec<String>,
+    /// The `scope` parameter, if sent.
+    pub scope: Option<String>,
+    /// The decoded (unverified) assertion header, if there was a decodable assertion.
+    pub assertion_header: Option<Value>,
+    /// The decoded (unverified) assertion claims, if there was a decodable assertion.
+    pub assertion_claims: Option<Value>,
+    /// What the mock answered.
+    pub status: StatusCode,
+    /// Why the mock refused it, if it did (the reference server tells only "Access Denied").
+    pub refusal: Option<String>,
+}
+
+/// Information about an issued token; see [`MockKoppeltaal::issued_tokens`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct IssuedToken {
+    /// 1 for the first token issued, then 2, ...
+    pub number: u64,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// FHIR requests it authenticated (answered other than `401`).
+    pub fhir_requests: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+struct Shared {
+    token_endpoint: String,
+    state: Mutex<State>,
+}
+
+struct Client {
+    jwks: jsonwebtoken::jwk::JwkSet,
+    forbidden: bool,
+}
+
+struct Token {
+    number: u64,
+    client_id: String,
+    issued_at: Instant,
+    lifetime: Duration,
+    revoked: bool,
+    fhir_requests: u64,
+}
+
+struct State {
+    clients: HashMap<String, Client>,
+    allowed_algs: Vec<Algorithm>,
+    token_lifetime: Duration,
+    clock_offset_secs: i64,
+    seen_jti: HashSet<String>,
+    tokens: HashMap<String, Token>,
+    faults: VecDeque<MockResponse>,
+    token_delay: Duration,
+    token_clock_advance: Duration,
+    smart_configuration: Option<Value>,
+    stats: MockStats,
+    fhir_log: Vec<ReceivedRequest>,
+    token_log: Vec<TokenRequest>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    /// The mock server's wall clock: the local clock shifted by the configured offset.
+    fn now(&self) -> SystemTime {
+        let offset = Duration::from_secs(self.clock_offset_secs.unsigned_abs());
+        if self.clock_offset_secs >= 0 {
+            SystemTime::now() + offset
+        } else {
+            SystemTime::now() - offset
+        }
+    }
+}
+
+/// Builder for [`MockKoppeltaal`], for settings that matter from the first request.
+#[derive(Debug)]
+#[must_use]
+pub struct MockKoppeltaalBuilder {
+    token_lifetime: Duration,
+    allowed_algs: Vec<Algorithm>,
+    clock_offset_secs: i64,
+}
+
+impl Default for MockKoppeltaalBuilder {
+    fn default() -> Self {
+        Self {
+            token_lifetime: Duration::from_secs(300),
+            allowed_algs: vec![Algorithm::RS384, Algorithm::ES384, Algorithm::RS512],
+            clock_offset_secs: 0,
+        }
+    }
+}
+
+impl MockKoppeltaalBuilder {
+    /// Lifetime of issued tokens (`expires_in`). Defaults to 300 seconds, as Koppeltaal's.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// Algorithms accepted for assertions. Defaults to RS384, ES384 and RS512, as the reference
+    /// auth server's configuration.
+    pub fn allowed_algorithms(mut self, algs: &[Algorithm]) -> Self {
+        self.allowed_algs = algs.to_vec();
+        self
+    }
+
+    /// Runs the server's clock `seconds` ahead (negative: behind) of the local clock, for
+    /// clock-skew tests. The offset applies to assertion checks and the `Date` header.
+    pub fn clock_offset_secs(mut self, seconds: i64) -> Self {
+        self.clock_offset_secs = seconds;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be bound.
+    pub async fn start(self) -> std::io::Result<MockKoppeltaal> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            token_endpoint: format!("http://{addr}{TOKEN_PATH}"),
+            state: Mutex::new(State {
+                clients: HashMap::new(),
+                allowed_algs: self.allowed_algs,
+                token_lifetime: self.token_lifetime,
+                clock_offset_secs: self.clock_offset_secs,
+                seen_jti: HashSet::new(),
+                tokens: HashMap::new(),
+                faults: VecDeque::new(),
+                token_delay: Duration::ZERO,
+                token_clock_advance: Duration::ZERO,
+                smart_configuration: None,
+                stats: MockStats::default(),
+                fhir_log: Vec::new(),
+                token_log: Vec::new(),
+            }),
+        });
+        let router = axum::Router::new()
+            .route(TOKEN_PATH, axum::routing::any(auth::token))
+            .route(
+                &format!("{FHIR_PATH}/.well-known/smart-configuration"),
+                axum::routing::get(fhir::smart_configuration),
+            )
+            .route(
+                &format!("{FHIR_PATH}/{{*rest}}"),
+                axum::routing::any(fhir::resource),
+            )
+            .with_state(Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::warn!(error = %err, "MockKoppeltaal stopped");
+            }
+        });
+        Ok(MockKoppeltaal { shared, addr, task })
+    }
+}
+
+impl MockKoppeltaal {
+    /// Starts a mock with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// When the socket cannot be bound.
+    pub async fn start() -> std::io::Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// Starts building a mock with non-default settings.
+    pub fn builder() -> MockKoppeltaalBuilder {
+        MockKoppeltaalBuilder::default()
+    }
+
+    /// The address the mock listens on.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The FHIR base URL, `http://127.0.0.1:<port>/fhir/DEFAULT`.
+    #[must_use]
+    pub fn fhir_base_url(&self) -> String {
+        format!("http://{}{FHIR_PATH}", self.addr)
+    }
+
+    /// The token endpoint URL, `http://127.0.0.1:<port>/oauth2/token`: the only accepted `aud`.
+    #[must_use]
+    pub fn token_endpoint(&self) -> String {
+        self.shared.token_endpoint.clone()
+    }
+
+    /// Registers (or replaces) a client with the JWK Set the auth server verifies its
+    /// assertions with, as domain management does.
+    pub fn register_client(&self, client_id: &str, jwks: &JwkSet) {
+        // Through JSON, exactly as the reference server reads a published JWK Set.
+        let parsed = serde_json::to_vec(jwks)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
+        let mut state = self.shared.lock();
+        let forbidden = state.clients.get(client_id).is_some_and(|c| c.forbidden);
+        state.clients.insert(
+            client_id.to_owned(),
+            Client {
+                jwks: parsed,
+                forbidden,
+            },
+        );
+    }
+
+    /// Registers (or replaces) a client whose JWK Set holds the public half of `key`.
+    pub fn register_key(&self, client_id: &str, key: &SigningKey) {
+        let jwks = JwkSet::from_keys([key]).unwrap_or_default();
+        self.register_client(client_id, &jwks);
+    }
+
+    /// Marks a client forbidden: its tokens are issued, but FHIR requests get `403`.
+    pub fn set_forbidden(&self, client_id: &str, forbidden: bool) {
+        if let Some(client) = self.shared.lock().clients.get_mut(client_id) {
+            client.forbidden = forbidden;
+        }
+    }
+
+    /// Sets the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.lock().token_lifetime = lifetime;
+    }
+
+    /// Sets the algorithms accepted for assertions from now on.
+    pub fn set_allowed_algorithms(&self, algs: &[Algorithm]) {
+        self.shared.lock().allowed_algs = algs.to_vec();
+    }
+
+    /// Runs the server clock `seconds` ahead (negative: behind) of the local clock.
+    pub fn set_clock_offset_secs(&self, seconds: i64) {
+        self.shared.lock().clock_offset_secs = seconds;
+    }
+
+    /// Revokes every token issued so far: the FHIR endpoint answers `401` for them.
+    pub fn revoke_all_tokens(&self) {
+        let mut state = self.shared.lock();
+        for token in state.tokens.values_mut() {
+            token.revoked = true;
+        }
+        state.stats.revocations += 1;
+    }
+
+    /// Moves the FHIR endpoint's clock for token expiry `by` ahead, so tokens expire without
+    /// waiting for them (cumulative).
+    pub fn advance_token_clock(&self, by: Duration) {
+        self.shared.lock().token_clock_advance += by;
+    }
+
+    /// Answers the next `n` token requests with `status` and a plain-text body, with
+    /// `Retry-After: <seconds>` when given.
+    pub fn fail_next_token_requests(
+        &self,
+        n: usize,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    ) {
+        let mut response = MockResponse::new(
+            status,
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        )
+        .header("content-type", "text/plain");
+        if let Some(delay) = retry_after {
+            response = response.header("retry-after", &delay.as_secs().to_string());
+        }
+        let mut state = self.shared.lock();
+        for _ in 0..n {
+            state.faults.push_back(response.clone());
+        }
+    }
+
+    /// Answers the next token request with `response` instead of validating it (queued after
+    /// earlier injected responses).
+    pub fn push_token_response(&self, response: MockResponse) {
+        self.shared.lock().faults.push_back(response);
+    }
+
+    /// Delays every token response by `delay` from now on (zero: no delay).
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.shared.lock().token_delay = delay;
+    }
+
+    /// Serves `document` as the SMART configuration instead of the default one (`None`: back to
+    /// the default).
+    pub fn set_smart_configuration(&self, document: Option<Value>) {
+        self.shared.lock().smart_configuration = document;
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> MockStats {
+        self.shared.lock().stats
+    }
+
+    /// Every FHIR request received so far, oldest first.
+    #[must_use]
+    pub fn fhir_requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.lock().fhir_log.clone()
+    }
+
+    /// Every token request received so far, oldest first.
+    #[must_use]
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.shared.lock().token_log.clone()
+    }
+
+    /// Every token issued so far, in issue order.
+    #[must_use]
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        let state = self.shared.lock();
+        let mut tokens: Vec<IssuedToken> = state
+            .tokens
+            .values()
+            .map(|token| IssuedToken {
+                number: token.number,
+                client_id: token.client_id.clone(),
+                fhir_requests: token.fhir_requests,
+                revoked: token.revoked,
+            })
+            .collect();
+        tokens.sort_by_key(|token| token.number);
+        tokens
+    }
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use koppeltaal_auth::testing::MockKoppeltaal;
+use koppeltaal_auth::{Algorithm, ClientCredentials, KeyId, SigningKey};
+
+/// A test-only PEM from `tests/data/`.
+pub fn pem(name: &str) -> String {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+static RSA: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::from_pem(pem("test-only-rsa2048-pkcs8.pem"), "test-rsa").unwrap());
+
+/// The RS512 test key (kid `test-rsa`).
+pub fn rsa_key() -> SigningKey {
+    RSA.clone()
+}
+
+/// A test key for `alg`: the RSA 2048 fixture for RS*/PS*, the P-256 or P-384 fixture for ES*.
+pub fn key_for(alg: Algorithm) -> SigningKey {
+    let file = match alg {
+        Algorithm::ES256 => "test-only-p256-pkcs8.pem",
+        Algorithm::ES384 => "test-only-p384-sec1.pem",
+        _ => "test-only-rsa2048-pkcs1.pem",
+    };
+    SigningKey::from_pem_with_algorithm(pem(file), alg, KeyId::Thumbprint).unwrap()
+}
+
+pub const CLIENT_ID: &str = "7e9b2b4e-1c1d-4b8e-9d0c-0123456789ab";
+
+/// A mock with `CLIENT_ID` registered for the RS512 test key.
+pub async fn mock() -> MockKoppeltaal {
+    let mock = MockKoppeltaal::start().await.unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    mock
+}
+
+/// A `ClientCredentials` for `CLIENT_ID` against `mock`.
+pub fn source(mock: &MockKoppeltaal, key: SigningKey) -> ClientCredentials {
+    ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint(mock.token_endpoint())
+        .signing_key(key)
+        .build()
+        .unwrap()
+}
+
+/// Everything written by `tracing` while the guard lives, at TRACE level, for this thread.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures TRACE-level output of every crate on this thread until the guard is dropped.
+pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (logs, guard)
+}
