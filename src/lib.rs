@@ -66,7 +66,9 @@ pub use crate::assertion::{
 };
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError, OAuthErrorCode};
 pub use crate::key::{Algorithm, KeyId, SigningKey};
-pub use crate::token::{AccessToken, ClientCredentials, TokenSource};
+pub use crate::token::{
+    AccessToken, CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
+};
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -23,6 +23,7 @@ pub(super) async fn token(
     method: Method,
     body: Bytes,
 ) -> Response {
+    let received_at = Instant::now();
     let delay = {
         let mut state = shared.lock();
         state.stats.token_requests += 1;
@@ -32,7 +33,8 @@ pub(super) async fn token(
         tokio::time::sleep(delay).await;
     }
     let mut state = shared.lock();
-    let (response, record) = handle(&shared.token_endpoint, &mut state, &method, &body);
+    let (response, mut record) = handle(&shared.token_endpoint, &mut state, &method, &body);
+    record.received_at = received_at;
     if response.status != StatusCode::OK || record.refusal.is_some() {
         state.stats.token_requests_failed += 1;
     }
@@ -65,6 +67,7 @@ fn handle(
         scope: param("scope").map(str::to_owned),
         assertion_header: decode_part(assertion, 0),
         assertion_claims: decode_part(assertion, 1),
+        received_at: Instant::now(),
         status: StatusCode::OK,
         refusal: None,
     };

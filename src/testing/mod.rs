@@ -35,6 +35,7 @@
 
 mod auth;
 mod body;
+mod fake;
 mod fhir;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -52,6 +53,7 @@ use crate::jwks::JwkSet;
 use crate::key::{Algorithm, SigningKey};
 
 pub use body::MockResponse;
+pub use fake::FakeTokenSource;
 
 /// Path of the token endpoint on the mock.
 const TOKEN_PATH: &str = "/oauth2/token";
@@ -135,6 +137,8 @@ pub struct TokenRequest {
     pub assertion_header: Option<Value>,
     /// The decoded (unverified) assertion claims, if there was a decodable assertion.
     pub assertion_claims: Option<Value>,
+    /// When it arrived (tokio clock).
+    pub received_at: Instant,
     /// What the mock answered.
     pub status: StatusCode,
     /// Why the mock refused it, if it did (the reference server tells only "Access Denied").

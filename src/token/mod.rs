@@ -1,6 +1,8 @@
 //! Access tokens and where they come from.
 
+mod cell;
 mod client;
+mod policy;
 mod response;
 
 use std::fmt;
@@ -14,8 +16,15 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
+pub use cell::{CellStats, TokenCell, TokenHeader};
 pub use client::DEFAULT_TOKEN_LIFETIME;
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
+pub use policy::{
+    DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_EXPIRY_MARGIN_FRACTION,
+    DEFAULT_EXPIRY_MARGIN_MAX, DEFAULT_REFRESH_AHEAD_FRACTION, DEFAULT_REFRESH_AHEAD_MAX_FRACTION,
+    DEFAULT_REFRESH_AHEAD_MIN, DEFAULT_REFRESH_JITTER_FRACTION, DEFAULT_WAIT_TIMEOUT,
+    DEFAULT_YOUNG_TOKEN_AGE, MAX_RETRY_AFTER, RefreshPolicy,
+};
 
 /// A boxed, `Send` future, as returned by [`TokenSource::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,310 @@
+//! When to refresh, when to stop using a token, how long to back off: pure functions of their
+//! inputs, so that they can be tested without a clock.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Default lower bound of the refresh-ahead window (DESIGN section 3).
+pub const DEFAULT_REFRESH_AHEAD_MIN: Duration = Duration::from_secs(30);
+/// Default share of the lifetime refreshed ahead (20%).
+pub const DEFAULT_REFRESH_AHEAD_FRACTION: f64 = 0.2;
+/// Default cap of the refresh-ahead window as a share of the lifetime (50%).
+pub const DEFAULT_REFRESH_AHEAD_MAX_FRACTION: f64 = 0.5;
+/// Default random extra refresh-ahead as a share of the lifetime (up to 10%), so that a fleet of
+/// instances does not refresh in step.
+pub const DEFAULT_REFRESH_JITTER_FRACTION: f64 = 0.1;
+/// Default cap of the expiry safety margin: a token is never handed out in its last 10 s...
+pub const DEFAULT_EXPIRY_MARGIN_MAX: Duration = Duration::from_secs(10);
+/// ...or its last 10% of lifetime, whichever is shorter, so that short tokens stay usable.
+pub const DEFAULT_EXPIRY_MARGIN_FRACTION: f64 = 0.1;
+/// Default first backoff after a failed token request.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Default longest backoff; permanent errors are retried at this pace.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Default longest wait of a caller for a token.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default age under which a token rejected with 401 points to a cause other than expiry.
+pub const DEFAULT_YOUNG_TOKEN_AGE: Duration = Duration::from_secs(5);
+/// Longest `Retry-After` honoured; a server asking for more gets asked again after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// How a [`TokenCell`](crate::TokenCell) schedules refreshes, retries and waits. Every default is
+/// DESIGN.md section 3's; see each setter.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use koppeltaal_auth::RefreshPolicy;
+///
+/// let policy = RefreshPolicy::default()
+///     .refresh_ahead(Duration::from_secs(60), 0.25, 0.5)
+///     .wait_timeout(Duration::from_secs(10));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+pub struct RefreshPolicy {
+    pub(crate) refresh_ahead_min: Duration,
+    pub(crate) refresh_ahead_fraction: f64,
+    pub(crate) refresh_ahead_max_fraction: f64,
+    pub(crate) jitter_fraction: f64,
+    pub(crate) margin_max: Duration,
+    pub(crate) margin_fraction: f64,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) young_token_age: Duration,
+    pub(crate) background_refresh: bool,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_ahead_min: DEFAULT_REFRESH_AHEAD_MIN,
+            refresh_ahead_fraction: DEFAULT_REFRESH_AHEAD_FRACTION,
+            refresh_ahead_max_fraction: DEFAULT_REFRESH_AHEAD_MAX_FRACTION,
+            jitter_fraction: DEFAULT_REFRESH_JITTER_FRACTION,
+            margin_max: DEFAULT_EXPIRY_MARGIN_MAX,
+            margin_fraction: DEFAULT_EXPIRY_MARGIN_FRACTION,
+            backoff_min: DEFAULT_BACKOFF_MIN,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            young_token_age: DEFAULT_YOUNG_TOKEN_AGE,
+            background_refresh: true,
+        }
+    }
+}
+
+fn fraction(f: f64) -> f64 {
+    if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+impl RefreshPolicy {
+    /// Sets the refresh-ahead window: refresh once less than
+    /// `min(max(min, fraction × lifetime), max_fraction × lifetime)` remains. Defaults to 30 s,
+    /// 0.2 and 0.5: a 300 s token is refreshed 60 s early (plus jitter), a 5 s token at 2.5 s.
+    /// Fractions are clamped to `0.0..=1.0`.
+    pub fn refresh_ahead(
+        mut self,
+        min: Duration,
+        fraction_of_lifetime: f64,
+        max_fraction: f64,
+    ) -> Self {
+        self.refresh_ahead_min = min;
+        self.refresh_ahead_fraction = fraction(fraction_of_lifetime);
+        self.refresh_ahead_max_fraction = fraction(max_fraction);
+        self
+    }
+
+    /// Sets the random extra refresh-ahead, as a share of the lifetime. Defaults to 0.1 (up to
+    /// 30 s for a 300 s token). Zero makes the refresh point exact.
+    pub fn refresh_jitter(mut self, fraction_of_lifetime: f64) -> Self {
+        self.jitter_fraction = fraction(fraction_of_lifetime);
+        self
+    }
+
+    /// Sets the expiry safety margin: a token is never handed out once less than
+    /// `min(max, fraction × lifetime)` of it remains. Defaults to 10 s and 0.1.
+    pub fn expiry_margin(mut self, max: Duration, fraction_of_lifetime: f64) -> Self {
+        self.margin_max = max;
+        self.margin_fraction = fraction(fraction_of_lifetime);
+        self
+    }
+
+    /// Sets the backoff between failed token requests: it starts at `min` and doubles up to
+    /// `max`, each wait drawn at random between `min` and the doubled value (jitter). Permanent
+    /// errors wait `max`. A `Retry-After` from the server is honoured (up to 5 minutes).
+    /// Defaults to 200 ms and 30 s. `max` is raised to `min` if smaller.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Sets how long a caller waits for a token before getting
+    /// [`ErrorKind::WaitTimeout`](crate::ErrorKind::WaitTimeout). Defaults to 30 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Sets the age under which a token rejected with 401 is suspicious: a second such rejection
+    /// in a row is renewed only after a backoff. Defaults to 5 s.
+    pub fn young_token_age(mut self, age: Duration) -> Self {
+        self.young_token_age = age;
+        self
+    }
+
+    /// Turns the background refresher on or off. On by default: a task on the tokio runtime
+    /// refreshes the token at its refresh point, so that no request waits for the token endpoint.
+    /// Off, the first request past the refresh point starts the refresh (still without waiting
+    /// for it while the token is valid).
+    pub fn background_refresh(mut self, enabled: bool) -> Self {
+        self.background_refresh = enabled;
+        self
+    }
+
+    /// How long before expiry a token of `lifetime` stops being handed out.
+    pub(crate) fn expiry_margin_for(&self, lifetime: Duration) -> Duration {
+        self.margin_max.min(lifetime.mul_f64(self.margin_fraction))
+    }
+
+    /// How long before expiry a token of `lifetime` is refreshed, for a jitter draw `random` in
+    /// `0.0..1.0`. Never more than the whole lifetime.
+    pub(crate) fn refresh_ahead_for(&self, lifetime: Duration, random: f64) -> Duration {
+        let window = self
+            .refresh_ahead_min
+            .max(lifetime.mul_f64(self.refresh_ahead_fraction))
+            .min(lifetime.mul_f64(self.refresh_ahead_max_fraction));
+        let jitter = lifetime.mul_f64(self.jitter_fraction * fraction(random));
+        (window + jitter).min(lifetime)
+    }
+
+    /// How long to wait before attempt `failures + 1`, after `failures` (>= 1) failed attempts
+    /// ending in `error`, for a jitter draw `random` in `0.0..1.0`.
+    pub(crate) fn backoff_for(&self, failures: u32, error: &Error, random: f64) -> Duration {
+        let computed = if error.is_transient() {
+            self.exponential(failures, random)
+        } else {
+            // Permanent errors (rejected credentials, a broken response) are retried, since a
+            // JWKS cache or a registration may heal, but only at the slowest pace.
+            self.backoff_max
+        };
+        match error.retry_after() {
+            Some(asked) => computed.max(asked.min(MAX_RETRY_AFTER)),
+            None => computed,
+        }
+    }
+
+    /// `min(max, min_backoff × 2^(n-1))` with jitter: a draw between `min_backoff` and that.
+    pub(crate) fn exponential(&self, n: u32, random: f64) -> Duration {
+        let doubling = 2u32.saturating_pow(n.saturating_sub(1).min(30));
+        let ceiling = self
+            .backoff_min
+            .saturating_mul(doubling)
+            .min(self.backoff_max);
+        let span = ceiling.saturating_sub(self.backoff_min);
+        self.backoff_min + span.mul_f64(fraction(random))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use http::StatusCode;
+
+    const fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn refresh_ahead_follows_design_section_3() {
+        let p = RefreshPolicy::default();
+        // (lifetime, window without jitter, window with the largest jitter)
+        let cases = [
+            (secs(300), secs(60), secs(90)),
+            (secs(5), Duration::from_millis(2500), secs(3)),
+            (secs(2), secs(1), Duration::from_millis(1200)),
+            (secs(60), secs(30), secs(36)),
+            (
+                secs(86_400),
+                Duration::from_secs(17_280),
+                Duration::from_secs(25_920),
+            ),
+        ];
+        for (lifetime, lo, hi) in cases {
+            assert_eq!(p.refresh_ahead_for(lifetime, 0.0), lo, "{lifetime:?}");
+            let top = p.refresh_ahead_for(lifetime, 1.0);
+            assert!(
+                (top.as_secs_f64() - hi.as_secs_f64()).abs() < 1e-6,
+                "{lifetime:?}: {top:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiry_margin_is_ten_seconds_or_ten_percent() {
+        let p = RefreshPolicy::default();
+        assert_eq!(p.expiry_margin_for(secs(300)), secs(10));
+        assert_eq!(p.expiry_margin_for(secs(60)), secs(6));
+        assert_eq!(p.expiry_margin_for(secs(2)), Duration::from_millis(200));
+        assert_eq!(p.expiry_margin_for(secs(1)), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn every_lifetime_refreshes_before_its_margin() {
+        let p = RefreshPolicy::default();
+        for lifetime_ms in [
+            1_000u64, 1_500, 2_000, 5_000, 30_000, 300_000, 3_600_000, 86_400_000,
+        ] {
+            let lifetime = Duration::from_millis(lifetime_ms);
+            for random in [0.0, 0.5, 0.999] {
+                let ahead = p.refresh_ahead_for(lifetime, random);
+                let margin = p.expiry_margin_for(lifetime);
+                assert!(ahead > margin, "{lifetime:?}: refresh before the margin");
+                assert!(
+                    ahead <= lifetime / 2 + lifetime / 10,
+                    "{lifetime:?}: not before half-life"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let p = RefreshPolicy::default();
+        let transient = Error::new(ErrorKind::Transport, "");
+        assert_eq!(
+            p.backoff_for(1, &transient, 0.0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            p.backoff_for(1, &transient, 1.0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            p.backoff_for(2, &transient, 1.0),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            p.backoff_for(3, &transient, 1.0),
+            Duration::from_millis(800)
+        );
+        assert_eq!(
+            p.backoff_for(3, &transient, 0.5),
+            Duration::from_millis(500)
+        );
+        assert_eq!(p.backoff_for(9, &transient, 1.0), secs(30));
+        assert_eq!(p.backoff_for(u32::MAX, &transient, 1.0), secs(30));
+    }
+
+    #[test]
+    fn permanent_errors_wait_the_cap_and_retry_after_is_honoured() {
+        let p = RefreshPolicy::default();
+        let denied = Error::new(ErrorKind::TokenRejected, "").with_status(StatusCode::UNAUTHORIZED);
+        assert_eq!(p.backoff_for(1, &denied, 0.0), secs(30));
+        let limited = Error::new(ErrorKind::TokenRejected, "")
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_retry_after(Some(secs(2)));
+        assert_eq!(p.backoff_for(1, &limited, 0.0), secs(2));
+        let far = Error::new(ErrorKind::TokenRejected, "")
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            .with_retry_after(Some(secs(3_600)));
+        assert_eq!(p.backoff_for(1, &far, 0.0), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn fractions_are_clamped() {
+        let p = RefreshPolicy::default()
+            .refresh_jitter(f64::NAN)
+            .refresh_ahead(secs(1), 7.0, -1.0);
+        assert_eq!(p.jitter_fraction, 0.0);
+        assert_eq!(p.refresh_ahead_for(secs(100), 0.5), Duration::ZERO);
+    }
+}

@@ -1,0 +1,526 @@
+//! `TokenCell` under tokio's paused clock with a gated `FakeTokenSource`: single-flight,
+//! refresh timing, stale-while-revalidate, failure policy, cancellation, panics, lifecycle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use koppeltaal_auth::testing::FakeTokenSource;
+use koppeltaal_auth::{Error, ErrorKind, RefreshPolicy, TokenCell};
+use tokio::time::Instant;
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The default policy without jitter, so that refresh points are exact.
+fn exact() -> RefreshPolicy {
+    RefreshPolicy::default().refresh_jitter(0.0)
+}
+
+/// Lets spawned tasks run until `done` holds, without letting the paused clock advance.
+async fn run_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
+fn transport_error() -> Error {
+    Error::new(ErrorKind::Transport, "connection refused")
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_on_an_empty_cell_share_one_fetch() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    source.close_gate();
+    let joined = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..1_000)
+        .map(|_| {
+            let cell = cell.clone();
+            let joined = Arc::clone(&joined);
+            tokio::spawn(async move {
+                joined.fetch_add(1, Ordering::SeqCst);
+                cell.token().await
+            })
+        })
+        .collect();
+    run_until(|| joined.load(Ordering::SeqCst) == 1_000).await;
+    assert_eq!(source.fetches_started(), 1);
+    source.open_gate();
+    for task in tasks {
+        let token = task.await.unwrap().unwrap();
+        assert_eq!(token.generation(), 1);
+        assert_eq!(token.value(), "Bearer fake-token-1");
+    }
+    assert_eq!(source.fetches_started(), 1);
+    let stats = cell.stats();
+    assert_eq!((stats.fetches_ok, stats.waits), (1, 1_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_in_the_background_at_the_computed_point() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    let first = source.fetch_instants()[0];
+    // 300 s token: refreshed when min(max(30 s, 60 s), 150 s) = 60 s remain, at 240 s.
+    tokio::time::sleep(secs(239)).await;
+    assert_eq!(source.fetches_started(), 1);
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(source.fetch_instants(), [first, first + secs(240)]);
+    assert_eq!(cell.current().unwrap().generation(), 2);
+    // And again 240 s after the second token arrived.
+    tokio::time::sleep(secs(240)).await;
+    assert_eq!(source.fetch_instants()[2], first + secs(480));
+    assert_eq!(
+        cell.stats().waits,
+        1,
+        "no caller ever waited after the first token"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_moves_the_refresh_point_within_ten_percent() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), RefreshPolicy::default());
+    cell.ready().await.unwrap();
+    tokio::time::sleep(secs(300)).await;
+    let instants = source.fetch_instants();
+    let delay = instants[1] - instants[0];
+    assert!(delay >= secs(210) && delay <= secs(240), "{delay:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_lifetimes_are_used_not_refetched_per_request() {
+    for (lifetime, expected_refresh) in
+        [(secs(2), secs(1)), (secs(1), ms(500)), (secs(5), ms(2_500))]
+    {
+        let source = FakeTokenSource::new().with_lifetime(lifetime);
+        let cell = TokenCell::new(source.clone(), exact().background_refresh(false));
+        cell.ready().await.unwrap();
+        let start = Instant::now();
+        // Many requests before the refresh point: one token.
+        while Instant::now() < start + expected_refresh - ms(10) {
+            assert_eq!(cell.token().await.unwrap().generation(), 1);
+            tokio::time::advance(ms(10)).await;
+        }
+        assert_eq!(source.fetches_started(), 1, "{lifetime:?}");
+        tokio::time::advance(ms(20)).await;
+        assert_eq!(
+            cell.token().await.unwrap().generation(),
+            1,
+            "stale: served, refresh started"
+        );
+        run_until(|| cell.stats().generation == 2).await;
+        assert_eq!(source.fetches_started(), 2, "{lifetime:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_long_token_refreshes_hours_ahead() {
+    let source = FakeTokenSource::new().with_lifetime(secs(86_400));
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    // min(max(30 s, 20%), 50%) = 20% of a day = 17,280 s ahead.
+    tokio::time::sleep(secs(86_400 - 17_280 + 1)).await;
+    let instants = source.fetch_instants();
+    assert_eq!(instants[1] - instants[0], secs(86_400 - 17_280));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_token_is_served_without_waiting_for_the_refresh() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact().background_refresh(false));
+    cell.ready().await.unwrap();
+    tokio::time::advance(secs(250)).await;
+    source.close_gate();
+    // Stale but valid: returned at once, one refresh started.
+    for _ in 0..100 {
+        assert_eq!(cell.token().await.unwrap().generation(), 1);
+        assert_eq!(cell.current().unwrap().generation(), 1);
+    }
+    run_until(|| source.fetches_started() == 2).await;
+    assert_eq!(cell.stats().waits, 1, "only the very first call waited");
+    source.open_gate();
+    run_until(|| cell.stats().generation == 2).await;
+    assert_eq!(source.fetches_started(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_refresh_keeps_serving_and_backs_off_until_healed() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    source.fail_with(transport_error());
+    // From the refresh point (240 s) until the margin (290 s) the old token is served.
+    tokio::time::sleep(secs(260)).await;
+    assert_eq!(cell.token().await.unwrap().generation(), 1);
+    let instants = source.fetch_instants();
+    let attempts = &instants[1..];
+    assert_eq!(attempts[0] - instants[0], secs(240));
+    // Retries: each wait at least 200 ms and at most min(30 s, 200 ms * 2^(n-1)).
+    for (n, pair) in attempts.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let ceiling = ms(200).saturating_mul(1 << n.min(20)).min(secs(30));
+        assert!(
+            gap >= ms(200) && gap <= ceiling,
+            "retry {}: {gap:?} > {ceiling:?}",
+            n + 1
+        );
+    }
+    assert!(attempts.len() >= 5, "kept retrying: {}", attempts.len());
+    assert_eq!(cell.stats().consecutive_failures as usize, attempts.len());
+    source.heal();
+    tokio::time::sleep(secs(30)).await;
+    let token = cell.token().await.unwrap();
+    assert_eq!(token.generation(), 2);
+    assert_eq!(cell.stats().consecutive_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_with_a_dead_source_gives_every_waiter_the_error() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact().background_refresh(false));
+    cell.ready().await.unwrap();
+    source.fail_with(transport_error());
+    // Past the safety margin: the old token is never handed out again.
+    tokio::time::advance(secs(291)).await;
+    assert!(cell.current().is_none());
+    source.close_gate();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let cell = cell.clone();
+            tokio::spawn(async move { cell.token().await })
+        })
+        .collect();
+    run_until(|| source.fetches_started() == 2).await;
+    source.open_gate();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Transport);
+        assert!(err.is_transient());
+    }
+    assert_eq!(
+        source.fetches_started(),
+        2,
+        "one attempt for all 100 waiters"
+    );
+    // During the backoff callers get the last error at once, without a new attempt.
+    let err = cell.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    assert_eq!(source.fetches_started(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_is_bounded_by_the_wait_timeout() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact().wait_timeout(secs(5)));
+    source.close_gate();
+    let started = Instant::now();
+    let err = cell.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WaitTimeout);
+    assert_eq!(Instant::now() - started, secs(5));
+    // The refresh itself goes on and serves the next caller.
+    source.open_gate();
+    assert_eq!(cell.token().await.unwrap().generation(), 1);
+    assert_eq!(source.fetches_started(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_waiter_still_completes_the_refresh() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    source.close_gate();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let cell = cell.clone();
+            tokio::spawn(async move { cell.token().await })
+        })
+        .collect();
+    run_until(|| source.fetches_started() == 1).await;
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    source.open_gate();
+    run_until(|| source.fetches_completed() == 1).await;
+    run_until(|| cell.current().is_some()).await;
+    assert_eq!(cell.current().unwrap().generation(), 1);
+    assert_eq!(source.fetches_started(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_does_not_wedge_the_cell() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    source.push_panic();
+    let err = cell.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RefreshAborted);
+    // The next attempt waits out the first backoff (200 ms), then works.
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(cell.token().await.unwrap().generation(), 1);
+    assert_eq!(source.fetches_started(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_task_ends_with_the_last_handle() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let source = FakeTokenSource::new().with_lifetime(secs(60));
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        before + 1,
+        "the background refresher runs"
+    );
+    let clone = cell.clone();
+    drop(cell);
+    tokio::time::sleep(secs(31)).await;
+    assert_eq!(source.fetches_started(), 2, "a clone keeps it alive");
+    drop(clone);
+    run_until(|| metrics.num_alive_tasks() == before).await;
+    assert_eq!(source.handles(), 1, "the cell and its source are gone");
+    tokio::time::sleep(secs(3_600)).await;
+    assert_eq!(source.fetches_started(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_invalidations_of_one_generation_cause_one_fetch() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    tokio::time::advance(secs(10)).await;
+    source.close_gate();
+    let joined = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let cell = cell.clone();
+            let joined = Arc::clone(&joined);
+            tokio::spawn(async move {
+                joined.fetch_add(1, Ordering::SeqCst);
+                cell.renewed(1).await
+            })
+        })
+        .collect();
+    run_until(|| joined.load(Ordering::SeqCst) == 500).await;
+    assert_eq!(source.fetches_started(), 2);
+    assert!(
+        cell.current().is_none(),
+        "the rejected token is not handed out"
+    );
+    source.open_gate();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().generation(), 2);
+    }
+    assert_eq!(source.fetches_started(), 2);
+    assert_eq!(cell.stats().invalidations, 1);
+    // A late 401 for generation 1 changes nothing.
+    assert!(!cell.invalidate(1));
+    assert_eq!(cell.current().unwrap().generation(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_young_token_rejected_again_is_renewed_after_a_backoff() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    // First rejection: renewed at once.
+    let started = Instant::now();
+    assert_eq!(cell.renewed(1).await.unwrap().generation(), 2);
+    assert_eq!(Instant::now(), started);
+    // The brand-new token is rejected too, without a confirmed success in between: backoff.
+    assert_eq!(cell.renewed(2).await.unwrap().generation(), 3);
+    assert!(
+        Instant::now() - started >= ms(200),
+        "{:?}",
+        Instant::now() - started
+    );
+    let instants = source.fetch_instants();
+    assert!(instants[2] - instants[1] >= ms(200));
+    // After a success is confirmed, the next rejection is renewed at once again.
+    cell.confirm(3);
+    let before = Instant::now();
+    assert_eq!(cell.renewed(3).await.unwrap().generation(), 4);
+    assert_eq!(Instant::now(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_token_rejected_is_renewed_at_once() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    for generation in 1..=5 {
+        tokio::time::advance(secs(6)).await;
+        let before = Instant::now();
+        assert_eq!(
+            cell.renewed(generation).await.unwrap().generation(),
+            generation + 1
+        );
+        assert_eq!(Instant::now(), before);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_are_retried_only_at_the_cap() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact());
+    cell.ready().await.unwrap();
+    source.fail_with(
+        Error::new(ErrorKind::TokenRejected, "").with_status(http::StatusCode::UNAUTHORIZED),
+    );
+    tokio::time::sleep(secs(240 + 95)).await;
+    let instants = source.fetch_instants();
+    let gaps: Vec<Duration> = instants[1..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps, [secs(30), secs(30), secs(30)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    source.push_error(
+        Error::new(ErrorKind::TokenRejected, "")
+            .with_status(http::StatusCode::TOO_MANY_REQUESTS)
+            .with_retry_after(Some(secs(2))),
+    );
+    assert!(cell.token().await.unwrap_err().retry_after().is_some());
+    // The background refresher retries after exactly the 2 s asked for.
+    tokio::time::sleep(secs(3)).await;
+    let instants = source.fetch_instants();
+    assert_eq!(instants[1] - instants[0], secs(2));
+    assert_eq!(cell.current().unwrap().generation(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_expiring_on_arrival_is_refused() {
+    let source = FakeTokenSource::new();
+    // A 2 s token that arrives 1.9 s old is inside its safety margin (200 ms): never used.
+    source.push_stale_token(secs(2), ms(1_900));
+    let cell = TokenCell::new(source.clone(), exact().background_refresh(false));
+    let err = cell.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidTokenResponse);
+    assert!(
+        err.to_string().contains("expired before it could be used"),
+        "{err}"
+    );
+    // Treated as a permanent failure (the server's lifetimes are shorter than the round trip):
+    // retried at the backoff cap, then the next (good) token is used.
+    assert_eq!(
+        cell.token().await.unwrap_err().kind(),
+        ErrorKind::InvalidTokenResponse
+    );
+    tokio::time::sleep(secs(30)).await;
+    assert_eq!(cell.token().await.unwrap().generation(), 1);
+    assert_eq!(source.fetches_started(), 2);
+}
+
+#[test]
+fn a_refresh_cancelled_by_runtime_shutdown_does_not_wedge_the_cell() {
+    let source = FakeTokenSource::new();
+    source.close_gate();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cell = first.block_on(async {
+        let cell = TokenCell::new(source.clone(), exact());
+        let waiter = tokio::spawn({
+            let cell = cell.clone();
+            async move { cell.token().await }
+        });
+        run_until(|| source.fetches_started() == 1).await;
+        drop(waiter);
+        cell
+    });
+    // Shutting the runtime down drops the refresh task mid-fetch.
+    drop(first);
+    source.open_gate();
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let err = cell.token().await.map(|t| t.generation());
+        // Either the abort was recorded (a backoff of 200 ms, then success) or not at all.
+        if let Err(err) = err {
+            assert_eq!(err.kind(), ErrorKind::RefreshAborted);
+            tokio::time::sleep(ms(200)).await;
+        }
+        assert_eq!(cell.token().await.unwrap().generation(), 1);
+        assert_eq!(source.fetches_started(), 2);
+        // The background refresher was lost with the first runtime and restarts here.
+        tokio::time::sleep(secs(241)).await;
+        assert_eq!(
+            source.fetches_started(),
+            3,
+            "proactive refresh on the new runtime"
+        );
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn stats_report_the_state() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let cell = TokenCell::new(source.clone(), exact());
+    assert_eq!(cell.stats().generation, 0);
+    assert_eq!(cell.stats().time_to_expiry, None);
+    cell.ready().await.unwrap();
+    tokio::time::advance(secs(100)).await;
+    let stats = cell.stats();
+    assert_eq!(stats.generation, 1);
+    assert_eq!(stats.time_to_expiry, Some(secs(200)));
+    assert_eq!(stats.fetches_ok, 1);
+    let debug = format!("{cell:?}");
+    assert!(!debug.contains("fake-token"), "{debug}");
+    assert!(!format!("{:?}", cell.current().unwrap()).contains("fake-token"));
+}
+
+#[test]
+fn works_without_a_tokio_runtime_for_custom_sources() {
+    // A source that needs no runtime, driven by a minimal executor.
+    struct Instant1;
+    impl koppeltaal_auth::TokenSource for Instant1 {
+        fn fetch(
+            &self,
+        ) -> koppeltaal_auth::token::BoxFuture<'_, Result<koppeltaal_auth::AccessToken, Error>>
+        {
+            Box::pin(async {
+                koppeltaal_auth::AccessToken::new("t", secs(300), tokio::time::Instant::now())
+            })
+        }
+    }
+    let cell = TokenCell::new(Instant1, RefreshPolicy::default());
+    let token = futures_lite_block_on(cell.token()).unwrap();
+    assert_eq!(token.generation(), 1);
+}
+
+/// A tiny single-future executor, to prove no tokio runtime is needed.
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
