@@ -45,17 +45,26 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod assertion;
+mod config;
 mod endpoint;
 mod error;
 mod fetch;
 mod key;
+mod layer;
+mod replay;
+mod scope;
+mod service;
 
+pub mod future;
 pub mod jwks;
 pub mod smart;
 pub mod token;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 
 #[cfg(test)]
 mod test_support;
@@ -64,11 +73,18 @@ pub use crate::assertion::{
     ClientAssertion, DEFAULT_ASSERTION_LIFETIME, DEFAULT_IAT_BACKDATE, MAX_ASSERTION_LIFETIME,
     SignedAssertion,
 };
+pub use crate::config::{Authenticator, KoppeltaalAuthBuilder};
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError, OAuthErrorCode};
 pub use crate::key::{Algorithm, KeyId, SigningKey};
+pub use crate::layer::KoppeltaalAuthLayer;
+pub use crate::replay::{NotReplayable, ReplayBody, Replayable};
+pub use crate::service::KoppeltaalAuth;
 pub use crate::token::{
     AccessToken, CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
 };
+
+#[cfg(feature = "reqwest-middleware")]
+pub use crate::middleware::KoppeltaalAuthMiddleware;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

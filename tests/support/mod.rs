@@ -82,3 +82,70 @@ pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
     let guard = tracing::subscriber::set_default(subscriber);
     (logs, guard)
 }
+
+/// A loopback HTTP server that records every request and answers `200`, or `307` to the URL in
+/// a `to` query parameter.
+pub struct RecordingServer {
+    pub addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+impl Drop for RecordingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingServer {
+    pub async fn start() -> Self {
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let state = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let state = Arc::clone(&state);
+            async move {
+                let authorization = request
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                state.lock().unwrap().push(Recorded {
+                    path: request.uri().path().to_owned(),
+                    authorization,
+                });
+                let to = request.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "to")
+                        .map(|(_, v)| v.into_owned())
+                });
+                match to {
+                    Some(to) => axum::response::Response::builder()
+                        .status(307)
+                        .header("location", to)
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                    None => axum::response::Response::new(axum::body::Body::from("ok")),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}

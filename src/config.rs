@@ -1,0 +1,384 @@
+//! The entry point: configure once, get the layer, the middleware and the cell.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::error::Error;
+use crate::key::SigningKey;
+use crate::layer::{AuthShared, KoppeltaalAuthLayer};
+use crate::scope::FhirScope;
+use crate::service::KoppeltaalAuth;
+use crate::smart;
+use crate::token::{
+    CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
+};
+
+impl KoppeltaalAuth<()> {
+    /// Starts configuring Koppeltaal authentication; the same as [`Authenticator::builder`].
+    pub fn builder() -> KoppeltaalAuthBuilder {
+        KoppeltaalAuthBuilder::default()
+    }
+}
+
+/// A configured Koppeltaal client identity: one token cell for one client at one token endpoint,
+/// scoped to one FHIR base. Hands out the [`layer`](Self::layer), the reqwest
+/// [`middleware`](Self::middleware) (feature `reqwest-middleware`) and the
+/// [`cell`](Self::cell), which all share the token.
+///
+/// Cheap to clone. Build one per Koppeltaal domain (each domain has its own endpoints).
+///
+/// # Example
+///
+/// ```no_run
+/// use koppeltaal_auth::{KoppeltaalAuth, SigningKey};
+///
+/// # async fn run() -> Result<(), koppeltaal_auth::BoxError> {
+/// let auth = KoppeltaalAuth::builder()
+///     .fhir_base_url("https://fhir-server.koppeltaal.headease.nl/fhir/DEFAULT")
+///     .client_id("7e9b2b4e-0000-4000-8000-000000000000")
+///     .signing_key(SigningKey::from_pem(std::fs::read("client-key.pem")?, "my-kid")?)
+///     .discover() // reads the token endpoint from the SMART configuration
+///     .await?;
+/// auth.ready().await?; // the first token, before taking traffic
+/// let layer = auth.layer();
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Authenticator {
+    pub(crate) shared: Arc<AuthShared>,
+    fhir_base: Arc<str>,
+    token_endpoint: Option<Arc<str>>,
+}
+
+impl Authenticator {
+    /// Starts configuring Koppeltaal authentication.
+    pub fn builder() -> KoppeltaalAuthBuilder {
+        KoppeltaalAuthBuilder::default()
+    }
+
+    /// The tower layer. Every layer from one `Authenticator` shares its token.
+    pub fn layer(&self) -> KoppeltaalAuthLayer {
+        KoppeltaalAuthLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The token cell, for [`TokenCell::token`], [`TokenCell::ready`] and
+    /// [`TokenCell::stats`].
+    #[must_use]
+    pub fn cell(&self) -> &TokenCell {
+        &self.shared.cell
+    }
+
+    /// A usable token; see [`TokenCell::token`].
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenCell::token`].
+    pub async fn token(&self) -> Result<TokenHeader, Error> {
+        self.shared.cell.token().await
+    }
+
+    /// Resolves once a usable token is there; see [`TokenCell::ready`].
+    ///
+    /// # Errors
+    ///
+    /// As [`TokenCell::token`].
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.shared.cell.ready().await
+    }
+
+    /// The cell's counters.
+    #[must_use]
+    pub fn stats(&self) -> CellStats {
+        self.shared.cell.stats()
+    }
+
+    /// The FHIR base URL the token is scoped to, as configured.
+    #[must_use]
+    pub fn fhir_base_url(&self) -> &str {
+        &self.fhir_base
+    }
+
+    /// The token endpoint (configured or discovered), unless a custom token source is used.
+    #[must_use]
+    pub fn token_endpoint(&self) -> Option<&str> {
+        self.token_endpoint.as_deref()
+    }
+
+    /// Whether a request to `url` would carry the token: same scheme, host and port as the FHIR
+    /// base, and a path under it.
+    #[must_use]
+    pub fn covers(&self, url: &str) -> bool {
+        Url::parse(url).is_ok_and(|url| self.shared.scope.matches_url(&url))
+    }
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("fhir_base", &self.fhir_base)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("cell", &self.shared.cell)
+            .finish()
+    }
+}
+
+/// Builder for an [`Authenticator`]; get one from [`KoppeltaalAuth::builder`].
+///
+/// Required: [`fhir_base_url`](Self::fhir_base_url), and either [`client_id`](Self::client_id)
+/// with [`signing_key`](Self::signing_key) (the SMART Backend Services flow) or a
+/// [`token_source`](Self::token_source). The token endpoint comes from
+/// [`token_endpoint`](Self::token_endpoint), or from SMART discovery with
+/// [`discover`](Self::discover).
+///
+/// Defaults (DESIGN.md section 3): algorithm from the key (RS512 for RSA), assertion lifetime
+/// 60 s, `iat` back-dated 5 s, no `scope` sent, 300 s assumed when `expires_in` is missing, token
+/// requests time out after 10 s, and the [`RefreshPolicy`] defaults (refresh 20% ahead with
+/// jitter, 10 s safety margin, backoff 200 ms to 30 s, 30 s wait timeout, background refresh on).
+/// Replay on `401` is on.
+#[derive(Default)]
+#[must_use]
+pub struct KoppeltaalAuthBuilder {
+    fhir_base: Option<String>,
+    client_id: Option<String>,
+    key: Option<SigningKey>,
+    token_endpoint: Option<String>,
+    scope: Option<String>,
+    assertion_lifetime: Option<Duration>,
+    iat_backdate: Option<Duration>,
+    default_token_lifetime: Option<Duration>,
+    request_timeout: Option<Duration>,
+    http: Option<reqwest::Client>,
+    policy: RefreshPolicy,
+    no_replay: bool,
+    source: Option<Box<dyn TokenSource>>,
+}
+
+impl fmt::Debug for KoppeltaalAuthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KoppeltaalAuthBuilder")
+            .field("fhir_base", &self.fhir_base)
+            .field("client_id", &self.client_id)
+            .field("key", &self.key)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("scope", &self.scope)
+            .field("policy", &self.policy)
+            .field("replay_on_401", &!self.no_replay)
+            .field("custom_source", &self.source.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KoppeltaalAuthBuilder {
+    /// Sets the FHIR base URL of the Koppeltaal domain. Required. Tokens go to requests under
+    /// it (same scheme, host and port, path under its path) and nowhere else. Must be `https`
+    /// (plain `http` only for loopback hosts).
+    pub fn fhir_base_url(mut self, url: impl Into<String>) -> Self {
+        self.fhir_base = Some(url.into());
+        self
+    }
+
+    /// Sets the client id the application got from Koppeltaal domain management.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the key that signs client assertions; its public half must be in the JWK Set
+    /// registered for the application.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the token endpoint, overriding discovery. Used byte for byte as the assertion `aud`.
+    pub fn token_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.token_endpoint = Some(url.into());
+        self
+    }
+
+    /// Sends `scope` with token requests. Not sent by default (Koppeltaal ignores it).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Sets the client assertion lifetime. Defaults to 60 s; at most 300 s.
+    pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
+        self.assertion_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Sets how far `iat` is back-dated. Defaults to 5 s.
+    pub fn iat_backdate(mut self, backdate: Duration) -> Self {
+        self.iat_backdate = Some(backdate);
+        self
+    }
+
+    /// Sets the lifetime assumed when a token response has no `expires_in`. Defaults to 300 s.
+    pub fn default_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.default_token_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Sets the timeout of one token or discovery request. Defaults to 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Uses this reqwest client for token and discovery requests (configure it not to follow
+    /// redirects). By default one without redirects, proxy or cookies is built.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Sets the refresh, backoff and wait policy. Defaults to [`RefreshPolicy::default`].
+    pub fn refresh_policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Turns replaying requests after a `401` on or off. On by default; see
+    /// [`KoppeltaalAuthLayer::replay_on_401`].
+    pub fn replay_on_401(mut self, enabled: bool) -> Self {
+        self.no_replay = !enabled;
+        self
+    }
+
+    /// Uses a custom [`TokenSource`] instead of the client credentials flow (for other grant
+    /// types, or fakes in tests). The client id, key and endpoint settings are then ignored.
+    pub fn token_source(mut self, source: impl TokenSource) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Builds the [`Authenticator`] with the configured token endpoint, without network access.
+    /// The first token is fetched on first use (or by [`Authenticator::ready`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the FHIR base, client id, key or
+    /// token endpoint is missing, a URL is not `https` (loopback hosts excepted), or a setting is
+    /// out of range (an assertion lifetime over 300 s, ...).
+    pub fn build(self) -> Result<Authenticator, Error> {
+        let base = self.base()?;
+        let endpoint = match (&self.source, &self.token_endpoint) {
+            (Some(_), _) => None,
+            (None, Some(endpoint)) => Some(endpoint.clone()),
+            (None, None) => {
+                return Err(Error::config(
+                    "token_endpoint is required for build(); use discover() to read it from the \
+                     SMART configuration",
+                ));
+            }
+        };
+        self.finish(&base, endpoint)
+    }
+
+    /// Builds the [`Authenticator`], reading the token endpoint from
+    /// `<fhir_base>/.well-known/smart-configuration` unless one was configured.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build) and [`smart::discover_with`]; also
+    /// [`ErrorKind::Discovery`](crate::ErrorKind::Discovery) when the server advertises signing
+    /// algorithms and the key's is not among them.
+    pub async fn discover(self) -> Result<Authenticator, Error> {
+        let base = self.base()?;
+        if self.source.is_some() || self.token_endpoint.is_some() {
+            return self.build();
+        }
+        let http = self.http_client_or_default()?;
+        let config = smart::discover_with(&http, base.as_str()).await?;
+        if let Some(key) = &self.key
+            && !config.supports_signing_alg(key.algorithm())
+        {
+            return Err(Error::new(
+                crate::ErrorKind::Discovery,
+                format!(
+                    "the server does not accept {} assertions (it lists {:?})",
+                    key.algorithm(),
+                    config
+                        .token_endpoint_auth_signing_alg_values_supported
+                        .as_deref()
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        let mut builder = self;
+        builder.http = Some(http);
+        builder.finish(&base, Some(config.token_endpoint))
+    }
+
+    fn base(&self) -> Result<Url, Error> {
+        let base = self
+            .fhir_base
+            .as_deref()
+            .ok_or_else(|| Error::config("fhir_base_url is required"))?;
+        Url::parse(base)
+            .map_err(|err| Error::config("FHIR base URL is not an absolute URL").with_source(err))
+    }
+
+    fn http_client_or_default(&self) -> Result<reqwest::Client, Error> {
+        match &self.http {
+            Some(http) => Ok(http.clone()),
+            None => crate::fetch::default_client(
+                self.request_timeout
+                    .unwrap_or(crate::fetch::DEFAULT_REQUEST_TIMEOUT),
+            ),
+        }
+    }
+
+    fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {
+        let scope = FhirScope::new(base)?;
+        let fhir_base: Arc<str> = self.fhir_base.clone().unwrap_or_default().into();
+        let cell = match (self.source, &endpoint) {
+            (Some(source), _) => TokenCell::new(source, self.policy),
+            (None, Some(endpoint)) => {
+                let mut credentials = ClientCredentials::builder().token_endpoint(endpoint.clone());
+                if let Some(client_id) = self.client_id {
+                    credentials = credentials.client_id(client_id);
+                }
+                if let Some(key) = self.key {
+                    credentials = credentials.signing_key(key);
+                }
+                if let Some(scope) = self.scope {
+                    credentials = credentials.scope(scope);
+                }
+                if let Some(lifetime) = self.assertion_lifetime {
+                    credentials = credentials.assertion_lifetime(lifetime);
+                }
+                if let Some(backdate) = self.iat_backdate {
+                    credentials = credentials.iat_backdate(backdate);
+                }
+                if let Some(lifetime) = self.default_token_lifetime {
+                    credentials = credentials.default_token_lifetime(lifetime);
+                }
+                if let Some(timeout) = self.request_timeout {
+                    credentials = credentials.request_timeout(timeout);
+                }
+                if let Some(http) = self.http {
+                    credentials = credentials.http_client(http);
+                }
+                TokenCell::new(credentials.build()?, self.policy)
+            }
+            (None, None) => return Err(Error::config("token_endpoint is required")),
+        };
+        Ok(Authenticator {
+            shared: Arc::new(AuthShared {
+                cell,
+                scope,
+                replay: !self.no_replay,
+            }),
+            fhir_base,
+            token_endpoint: endpoint.map(Arc::from),
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! `KoppeltaalAuthMiddleware`: the same token, scope and replay for reqwest-middleware clients.
+
+use std::sync::Arc;
+
+use http::{Extensions, StatusCode, header::AUTHORIZATION};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::config::Authenticator;
+use crate::layer::{AuthShared, KoppeltaalAuthLayer};
+
+/// [`reqwest_middleware::Middleware`] that adds a Koppeltaal bearer token to requests for the
+/// FHIR base (feature `reqwest-middleware`).
+///
+/// Behaves as the tower layer: the same cell and token, the same scope check, the caller's own
+/// `Authorization` left alone, one renewal and one replay on `401`. Requests whose body cannot be
+/// cloned (streaming bodies, see [`reqwest::Request::try_clone`]) are sent once; a `401` to them
+/// is returned as is.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn run(auth: koppeltaal_auth::Authenticator) -> Result<(), koppeltaal_auth::BoxError> {
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.middleware())
+///     .build();
+/// let patient = client
+///     .get(format!("{}/Patient/123", auth.fhir_base_url()))
+///     .send()
+///     .await?;
+/// # let _ = patient;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// When no token can be had, the request fails with
+/// [`reqwest_middleware::Error::Middleware`] wrapping a [`koppeltaal_auth::Error`](crate::Error).
+#[derive(Clone, Debug)]
+pub struct KoppeltaalAuthMiddleware {
+    shared: Arc<AuthShared>,
+}
+
+impl Authenticator {
+    /// The reqwest middleware (feature `reqwest-middleware`), sharing this authenticator's token.
+    #[must_use]
+    pub fn middleware(&self) -> KoppeltaalAuthMiddleware {
+        KoppeltaalAuthMiddleware {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl From<&KoppeltaalAuthLayer> for KoppeltaalAuthMiddleware {
+    fn from(layer: &KoppeltaalAuthLayer) -> Self {
+        Self {
+            shared: Arc::clone(&layer.shared),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for KoppeltaalAuthMiddleware {
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let shared = &*self.shared;
+        if request.headers().contains_key(AUTHORIZATION) || !shared.scope.matches_url(request.url())
+        {
+            return next.run(request, extensions).await;
+        }
+        let token = shared
+            .cell
+            .token()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let replay = if shared.replay {
+            request.try_clone()
+        } else {
+            None
+        };
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, token.value().clone());
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let generation = token.generation();
+        let Some(mut replay) = replay else {
+            shared.cell.invalidate(generation);
+            tracing::info!(
+                generation,
+                "401 returned to the caller: the request body cannot be replayed; the token is \
+                 renewed for the next request"
+            );
+            return Ok(response);
+        };
+        let renewed = match shared.cell.renewed(generation).await {
+            Ok(renewed) => renewed,
+            Err(error) => {
+                tracing::warn!(generation, %error, "could not renew the token after a 401; returning the 401");
+                return Ok(response);
+            }
+        };
+        drop(response);
+        replay
+            .headers_mut()
+            .insert(AUTHORIZATION, renewed.value().clone());
+        let response = next.run(replay, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            tracing::warn!(
+                generation = renewed.generation(),
+                "the replay was rejected too; returning its 401"
+            );
+        } else {
+            shared.cell.confirm(renewed.generation());
+        }
+        Ok(response)
+    }
+}

@@ -1,0 +1,153 @@
+//! Which requests get the token: those to the FHIR base's origin, under its path.
+
+use url::Url;
+
+use crate::endpoint::check_secure;
+use crate::error::Error;
+
+/// The FHIR base a token belongs to: scheme, host, effective port and path prefix
+/// (RFC 6750 section 5.2, token redirection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FhirScope {
+    scheme: String,
+    host: String,
+    port: u16,
+    /// Without a trailing slash; empty for a base at the root.
+    path: String,
+}
+
+impl FhirScope {
+    /// The scope of `base`, which must be HTTPS (or HTTP on a loopback host).
+    pub(crate) fn new(base: &Url) -> Result<Self, Error> {
+        check_secure("FHIR base URL", base)?;
+        let host = base
+            .host_str()
+            .ok_or_else(|| Error::config("FHIR base URL has no host"))?
+            .to_ascii_lowercase();
+        let port = base
+            .port_or_known_default()
+            .ok_or_else(|| Error::config("FHIR base URL has no port"))?;
+        if base.query().is_some() {
+            return Err(Error::config("FHIR base URL must not have a query"));
+        }
+        Ok(Self {
+            scheme: base.scheme().to_owned(),
+            host,
+            port,
+            path: base.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Whether a request to `uri` may carry the token. A URI without scheme and authority (a
+    /// relative request) never does.
+    pub(crate) fn matches_uri(&self, uri: &http::Uri) -> bool {
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return false;
+        };
+        self.matches(scheme, host, uri.port_u16(), uri.path())
+    }
+
+    /// Whether a request to `url` may carry the token.
+    pub(crate) fn matches_url(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        self.matches(url.scheme(), host, url.port(), url.path())
+    }
+
+    fn matches(&self, scheme: &str, host: &str, port: Option<u16>, path: &str) -> bool {
+        if !scheme.eq_ignore_ascii_case(&self.scheme) || !host.eq_ignore_ascii_case(&self.host) {
+            return false;
+        }
+        let port = port.or(match self.scheme.as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        });
+        if port != Some(self.port) {
+            return false;
+        }
+        let under = match path.strip_prefix(self.path.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        };
+        // "/fhir/DEFAULT/../admin" starts with the base but is not under it once normalised.
+        under && !path.split('/').any(is_dot_segment)
+    }
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(base: &str) -> FhirScope {
+        FhirScope::new(&Url::parse(base).unwrap()).unwrap()
+    }
+
+    fn uri(s: &str) -> http::Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn same_origin_and_under_the_path() {
+        let s = scope("https://fhir.example.org/fhir/DEFAULT");
+        for yes in [
+            "https://fhir.example.org/fhir/DEFAULT",
+            "https://fhir.example.org/fhir/DEFAULT/",
+            "https://fhir.example.org/fhir/DEFAULT/Patient/1?_format=json",
+            "https://FHIR.example.org:443/fhir/DEFAULT/Task",
+            "HTTPS://fhir.example.org/fhir/DEFAULT/Task",
+        ] {
+            assert!(s.matches_uri(&uri(yes)), "{yes}");
+            assert!(s.matches_url(&Url::parse(yes).unwrap()), "{yes}");
+        }
+        for no in [
+            "http://fhir.example.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org:8443/fhir/DEFAULT/Patient",
+            "https://evil.example.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org.evil.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org/fhir/DEFAULTX/Patient",
+            "https://fhir.example.org/fhir/OTHER/Patient",
+            "https://fhir.example.org/",
+            "https://fhir.example.org/fhir/DEFAULT/../admin",
+            "https://fhir.example.org/fhir/DEFAULT/%2e%2e/admin",
+            "https://fhir.example.org/fhir/DEFAULT/./Patient",
+            "/fhir/DEFAULT/Patient",
+        ] {
+            assert!(!s.matches_uri(&uri(no)), "{no}");
+        }
+        for no in [
+            "http://fhir.example.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org:8443/fhir/DEFAULT/Patient",
+            "https://evil.example.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org/fhir/DEFAULTX/Patient",
+            "https://fhir.example.org/",
+        ] {
+            assert!(!s.matches_url(&Url::parse(no).unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn root_base_and_loopback() {
+        let s = scope("http://127.0.0.1:8080/");
+        assert!(s.matches_uri(&uri("http://127.0.0.1:8080/Patient/1")));
+        assert!(s.matches_uri(&uri("http://127.0.0.1:8080")));
+        assert!(!s.matches_uri(&uri("http://127.0.0.1:8081/Patient/1")));
+        assert!(!s.matches_uri(&uri("http://localhost:8080/Patient/1")));
+        let v6 = scope("http://[::1]:9000/fhir");
+        assert!(v6.matches_uri(&uri("http://[::1]:9000/fhir/Patient")));
+        assert!(v6.matches_url(&Url::parse("http://[::1]:9000/fhir/Patient").unwrap()));
+    }
+
+    #[test]
+    fn plain_http_bases_are_refused_off_loopback() {
+        let err = FhirScope::new(&Url::parse("http://fhir.example.org/fhir").unwrap()).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert!(FhirScope::new(&Url::parse("https://fhir.example.org/fhir?x=1").unwrap()).is_err());
+    }
+}

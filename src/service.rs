@@ -1,0 +1,135 @@
+//! `KoppeltaalAuth<S>`: the service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, header::AUTHORIZATION};
+use tower_service::Service;
+
+use crate::error::BoxError;
+use crate::future::{ResponseFuture, Retry};
+use crate::layer::AuthShared;
+use crate::replay::ReplayBody;
+
+/// Middleware that adds a Koppeltaal bearer token to requests for the FHIR base and replays a
+/// request once after a `401`. Made by [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer).
+///
+/// # Errors
+///
+/// The service's error type is [`BoxError`]. Errors of the inner service pass through; when no
+/// token can be had, the error is a [`koppeltaal_auth::Error`](crate::Error) (downcast it):
+///
+/// ```
+/// # fn check(err: koppeltaal_auth::BoxError) {
+/// if let Some(auth) = err.downcast_ref::<koppeltaal_auth::Error>() {
+///     eprintln!("no Koppeltaal token: {auth} (transient: {})", auth.is_transient());
+/// }
+/// # }
+/// ```
+///
+/// # Retries
+///
+/// A `401` (never a `403`) to a request that carried our token makes the token's generation
+/// invalid: the first such `401` renews the token, later ones for the same generation wait for
+/// that renewal. The request is then sent once more with the new token, if its body can be
+/// replayed (see [`ReplayBody`]); the first response's body is dropped unread. A `401` to the
+/// replay is returned as is. When the body cannot be replayed, or the renewal fails, the original
+/// `401` is returned.
+///
+/// Replaying needs a copy of the request (its headers, extensions and body) taken before it is
+/// sent, and a clone of the inner service: that copy is the price of transparent renewal.
+/// [`replay_on_401(false)`](crate::KoppeltaalAuthLayer::replay_on_401) turns it off.
+///
+/// # Layer order
+///
+/// Put this layer *inside* (after, in a `ServiceBuilder`) `FollowRedirectLayer`, so that every
+/// redirect hop is checked against the FHIR base again and a redirect to another origin never
+/// carries the token; *inside* generic retry layers, so that each attempt gets the current token;
+/// and inside a `TimeoutLayer` that should bound the whole exchange, token wait and replay
+/// included. Request URIs must be absolute where this layer sees them (as hyper-util's client
+/// requires): a relative URI never gets a token.
+#[derive(Clone)]
+pub struct KoppeltaalAuth<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<AuthShared>,
+}
+
+impl<S> KoppeltaalAuth<S> {
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> fmt::Debug for KoppeltaalAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KoppeltaalAuth")
+            .field("scope", &self.shared.scope)
+            .field("replay_on_401", &self.shared.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KoppeltaalAuth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: ReplayBody + Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if request.headers().contains_key(AUTHORIZATION)
+            || !self.shared.scope.matches_uri(request.uri())
+        {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        }
+        match self.shared.cell.current() {
+            // Fast path: a fresh token, no lock, no allocation (the replay copy aside).
+            Some(token) => {
+                let retry = if self.shared.replay {
+                    Retry::prepare(&request, &self.inner)
+                } else {
+                    None
+                };
+                let generation = token.generation();
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, token.into_value());
+                ResponseFuture::called(
+                    self.inner.call(request),
+                    retry,
+                    generation,
+                    Arc::clone(&self.shared),
+                )
+            }
+            // Slow path: wait for a token first. Take the service that was driven to readiness
+            // and leave a clone in its place:
+            // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+            None => {
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(ready, request, Arc::clone(&self.shared))
+            }
+        }
+    }
+}
