@@ -7,38 +7,55 @@
 //! token that lives about five minutes. There is no refresh token: renewal is the whole flow
 //! again.
 //!
-//! This crate provides the pieces of that flow:
+//! [`KoppeltaalAuthLayer`] does all of that for any tower HTTP service: it keeps the token in a
+//! shared [`TokenCell`] (one lock-free load per request), refreshes it ahead of expiry in the
+//! background, adds it only to requests for the configured FHIR base, and on a `401` renews it
+//! once and replays the request. `KoppeltaalAuthMiddleware` (feature `reqwest-middleware`) does
+//! the same for reqwest.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use koppeltaal_auth::{KoppeltaalAuth, SigningKey};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn run() -> Result<(), koppeltaal_auth::BoxError> {
+//! let auth = KoppeltaalAuth::builder()
+//!     .fhir_base_url("https://fhir-server.koppeltaal.headease.nl/fhir/DEFAULT")
+//!     .client_id("7e9b2b4e-1c1d-4b8e-9d0c-0123456789ab")
+//!     .signing_key(SigningKey::from_pem(std::fs::read("client-key.pem")?, "my-kid")?)
+//!     .discover()
+//!     .await?;
+//! let client = ServiceBuilder::new()
+//!     .layer(auth.layer())
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+//! let request = http::Request::get(format!("{}/Patient/123", auth.fhir_base_url()))
+//!     .body(Full::default())?;
+//! let patient = client.oneshot(request).await?;
+//! # let _ = patient;
+//! # Ok(()) }
+//! ```
+//!
+//! # The pieces
 //!
 //! - [`SigningKey`] and [`Algorithm`]: the private key, loaded from PEM and checked at load time;
 //! - [`jwks`]: the public JWK Set to register with the Koppeltaal domain;
 //! - [`ClientAssertion`]: the signed JWT that authenticates a token request;
 //! - [`smart`]: discovery of the token endpoint from the FHIR base;
 //! - [`ClientCredentials`], a [`TokenSource`]: the token request itself;
-//! - `testing::MockKoppeltaal` (feature `test-util`): an in-process Koppeltaal auth and FHIR
-//!   server on loopback for tests.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use koppeltaal_auth::{ClientCredentials, SigningKey, TokenSource};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let key = SigningKey::from_pem(std::fs::read("client-key.pem")?, "my-kid")?;
-//! let smart = koppeltaal_auth::smart::discover("https://fhir.example.org/fhir/DEFAULT").await?;
-//! let source = ClientCredentials::builder()
-//!     .client_id("my-client-id")
-//!     .token_endpoint(smart.token_endpoint)
-//!     .signing_key(key)
-//!     .build()?;
-//! let token = source.fetch().await?;
-//! # Ok(()) }
-//! ```
+//! - [`TokenCell`]: the shared, self-refreshing token;
+//! - [`Authenticator`] (from [`KoppeltaalAuth::builder`]): configuration, and the layer, the
+//!   middleware and the cell built from it.
 //!
 //! # Feature flags
 //!
-//! - `test-util`: `testing::MockKoppeltaal`.
-//! - `reqwest-middleware`: the reqwest-middleware adapter.
-//! - `cli`: the `koppeltaal-auth` command-line tool.
+//! - `reqwest-middleware`: `KoppeltaalAuthMiddleware`.
+//! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
+//!   loopback, and `testing::FakeTokenSource`, for tests.
+//! - `cli`: the `koppeltaal-auth` command-line tool (not yet filled).
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
 //! [tower]: https://docs.rs/tower

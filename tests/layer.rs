@@ -320,11 +320,10 @@ async fn revocation_during_200_concurrent_requests_renews_exactly_once() {
     let stats = mock.stats();
     assert_eq!(stats.tokens_issued, 2, "exactly one renewal");
     assert_eq!(stats.token_requests, 2);
-    assert_eq!(
-        stats.fhir_unauthorized, 200,
-        "each request was rejected once..."
-    );
-    assert_eq!(stats.fhir_requests, 400, "...and replayed once");
+    // Requests that started after the renewal went out with the new token at once; every one
+    // that met the revoked token was replayed exactly once.
+    assert!(stats.fhir_unauthorized >= 1);
+    assert_eq!(stats.fhir_requests, 200 + stats.fhir_unauthorized);
     assert_eq!(auth.stats().invalidations, 1);
 }
 

@@ -50,7 +50,7 @@ pub fn source(mock: &MockKoppeltaal, key: SigningKey) -> ClientCredentials {
         .unwrap()
 }
 
-/// Everything written by `tracing` while the guard lives, at TRACE level, for this thread.
+/// Everything `tracing` writes on this thread, at TRACE level, while the capture guard lives.
 #[derive(Clone, Default)]
 pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
@@ -60,9 +60,20 @@ impl CapturedLogs {
     }
 }
 
-impl Write for CapturedLogs {
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<CapturedLogs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the capture of the current thread, if any.
+struct ThreadWriter;
+
+impl Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|capture| {
+            if let Some(logs) = &*capture.borrow() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -70,17 +81,34 @@ impl Write for CapturedLogs {
     }
 }
 
-/// Captures TRACE-level output of every crate on this thread until the guard is dropped.
-pub fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+/// Stops the capture of this thread when dropped.
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|capture| capture.borrow_mut().take());
+    }
+}
+
+/// Captures TRACE-level output of every crate on this thread until the guard is dropped. Use a
+/// current-thread runtime, so that spawned tasks log on this thread too.
+///
+/// One global subscriber serves every test of the binary: a per-test (thread-local default)
+/// subscriber can miss events when tests run in parallel, because tracing caches per call site
+/// whether anyone is interested.
+pub fn capture_logs() -> (CapturedLogs, CaptureGuard) {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(|| ThreadWriter)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
     let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    (logs, guard)
+    CAPTURE.with(|capture| *capture.borrow_mut() = Some(logs.clone()));
+    (logs, CaptureGuard)
 }
 
 /// A loopback HTTP server that records every request and answers `200`, or `307` to the URL in
