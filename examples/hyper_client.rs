@@ -4,8 +4,8 @@
 //! Run with
 //!
 //! ```not_rust
-//! KOPPELTAAL_FHIR_BASE_URL=https://fhir.example.org/fhir/DEFAULT \
-//! KOPPELTAAL_CLIENT_ID=... KOPPELTAAL_PRIVATE_KEY=client-key.pem KOPPELTAAL_KID=... \
+//! KOPPELTAAL_FHIR_BASE=https://fhir.example.org/fhir/DEFAULT \
+//! KOPPELTAAL_CLIENT_ID=... KOPPELTAAL_KEY=client-key.pem KOPPELTAAL_KID=... \
 //!   cargo run --example hyper_client
 //! ```
 //!

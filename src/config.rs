@@ -8,6 +8,7 @@ use url::Url;
 
 use crate::error::Error;
 use crate::key::SigningKey;
+use crate::keyset::KeySet;
 use crate::layer::{AuthShared, KoppeltaalAuthLayer};
 use crate::scope::FhirScope;
 use crate::service::KoppeltaalAuth;
@@ -146,7 +147,7 @@ impl fmt::Debug for Authenticator {
 pub struct KoppeltaalAuthBuilder {
     fhir_base: Option<String>,
     client_id: Option<String>,
-    key: Option<SigningKey>,
+    keys: Option<KeySet>,
     token_endpoint: Option<String>,
     scope: Option<String>,
     assertion_lifetime: Option<Duration>,
@@ -164,7 +165,7 @@ impl fmt::Debug for KoppeltaalAuthBuilder {
         f.debug_struct("KoppeltaalAuthBuilder")
             .field("fhir_base", &self.fhir_base)
             .field("client_id", &self.client_id)
-            .field("key", &self.key)
+            .field("keys", &self.keys)
             .field("token_endpoint", &self.token_endpoint)
             .field("scope", &self.scope)
             .field("policy", &self.policy)
@@ -192,7 +193,14 @@ impl KoppeltaalAuthBuilder {
     /// Sets the key that signs client assertions; its public half must be in the JWK Set
     /// registered for the application.
     pub fn signing_key(mut self, key: SigningKey) -> Self {
-        self.key = Some(key);
+        self.keys = Some(KeySet::new(key));
+        self
+    }
+
+    /// Signs with the active key of a [`KeySet`], for key rotation without a restart. Serve the
+    /// same set with [`JwksService`](crate::jwks::JwksService).
+    pub fn key_set(mut self, keys: KeySet) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -297,7 +305,7 @@ impl KoppeltaalAuthBuilder {
         }
         let http = self.http_client_or_default()?;
         let config = smart::discover_with(&http, base.as_str()).await?;
-        if let Some(key) = &self.key
+        if let Some(key) = self.keys.as_ref().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {
             return Err(Error::new(
@@ -346,8 +354,8 @@ impl KoppeltaalAuthBuilder {
                 if let Some(client_id) = self.client_id {
                     credentials = credentials.client_id(client_id);
                 }
-                if let Some(key) = self.key {
-                    credentials = credentials.signing_key(key);
+                if let Some(keys) = self.keys {
+                    credentials = credentials.key_set(keys);
                 }
                 if let Some(scope) = self.scope {
                     credentials = credentials.scope(scope);

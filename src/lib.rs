@@ -42,7 +42,8 @@
 //! # The pieces
 //!
 //! - [`SigningKey`] and [`Algorithm`]: the private key, loaded from PEM and checked at load time;
-//! - [`jwks`]: the public JWK Set to register with the Koppeltaal domain;
+//! - [`jwks`]: the public JWK Set to register with the Koppeltaal domain, and
+//!   [`jwks::JwksService`] to serve it; [`KeySet`] for key rotation;
 //! - [`ClientAssertion`]: the signed JWT that authenticates a token request;
 //! - [`smart`]: discovery of the token endpoint from the FHIR base;
 //! - [`ClientCredentials`], a [`TokenSource`]: the token request itself;
@@ -55,7 +56,7 @@
 //! - `reqwest-middleware`: `KoppeltaalAuthMiddleware`.
 //! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
 //!   loopback, and `testing::FakeTokenSource`, for tests.
-//! - `cli`: the `koppeltaal-auth` command-line tool (not yet filled).
+//! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`.
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
 //! [tower]: https://docs.rs/tower
@@ -67,6 +68,7 @@ mod endpoint;
 mod error;
 mod fetch;
 mod key;
+mod keyset;
 mod layer;
 mod replay;
 mod scope;
@@ -93,6 +95,7 @@ pub use crate::assertion::{
 pub use crate::config::{Authenticator, KoppeltaalAuthBuilder};
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError, OAuthErrorCode};
 pub use crate::key::{Algorithm, KeyId, SigningKey};
+pub use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet};
 pub use crate::layer::KoppeltaalAuthLayer;
 pub use crate::replay::{NotReplayable, ReplayBody, Replayable};
 pub use crate::service::KoppeltaalAuth;

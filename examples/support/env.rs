@@ -7,9 +7,9 @@ use koppeltaal_auth::{Algorithm, Authenticator, BoxError, KeyId, KoppeltaalAuth,
 pub(crate) const HELP: &str = "\
 Configure the application as registered in Koppeltaal domain management:
 
-  KOPPELTAAL_FHIR_BASE_URL    the domain's FHIR base, e.g. https://fhir-server.koppeltaal.headease.nl/fhir/DEFAULT
+  KOPPELTAAL_FHIR_BASE    the domain's FHIR base, e.g. https://fhir-server.koppeltaal.headease.nl/fhir/DEFAULT
   KOPPELTAAL_CLIENT_ID        the client id from domain management
-  KOPPELTAAL_PRIVATE_KEY      path to the PEM private key whose public half is in your registered JWK Set
+  KOPPELTAAL_KEY      path to the PEM private key whose public half is in your registered JWK Set
   KOPPELTAAL_KID              the key's kid in that JWK Set (default: its RFC 7638 thumbprint)
   KOPPELTAAL_ALG              RS512 (default for RSA keys), RS384, ES384, ...
   KOPPELTAAL_TOKEN_ENDPOINT   optional: skip SMART discovery and use this token endpoint
@@ -26,9 +26,9 @@ fn var(name: &str) -> Option<String> {
 /// variables are missing.
 pub(crate) async fn authenticator() -> Result<Option<Authenticator>, BoxError> {
     let (Some(base), Some(client_id), Some(key_path)) = (
-        var("KOPPELTAAL_FHIR_BASE_URL"),
+        var("KOPPELTAAL_FHIR_BASE"),
         var("KOPPELTAAL_CLIENT_ID"),
-        var("KOPPELTAAL_PRIVATE_KEY"),
+        var("KOPPELTAAL_KEY"),
     ) else {
         println!("{HELP}");
         return Ok(None);

@@ -32,6 +32,7 @@ pub(super) async fn token(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    refresh_client_jwks(&shared, &body).await;
     let mut state = shared.lock();
     let (response, mut record) = handle(&shared.token_endpoint, &mut state, &method, &body);
     record.received_at = received_at;
@@ -42,6 +43,68 @@ pub(super) async fn token(
     let date = httpdate::fmt_http_date(state.now());
     drop(state);
     response.header("date", &date).into_response()
+}
+
+/// For a client registered by JWKS URL, fetches its set when the cached copy is stale, as the
+/// reference server's `requests_cache` does. A failed fetch leaves the client without keys.
+async fn refresh_client_jwks(shared: &Shared, body: &[u8]) {
+    let Some(iss) = url::form_urlencoded::parse(body)
+        .find(|(key, _)| key == "client_assertion")
+        .and_then(|(_, jwt)| decode_part(&jwt, 1))
+        .and_then(|claims| claims.get("iss").and_then(Value::as_str).map(str::to_owned))
+    else {
+        return;
+    };
+    let url = {
+        let state = shared.lock();
+        match state.clients.get(&iss) {
+            Some(client)
+                if client
+                    .jwks_fresh_until
+                    .is_none_or(|until| Instant::now() >= until) =>
+            {
+                client.jwks_url.clone()
+            }
+            _ => None,
+        }
+    };
+    let Some(url) = url else { return };
+    let fetched = async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .ok()?;
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .split(',')
+                    .find_map(|part| part.trim().strip_prefix("max-age="))
+                    .and_then(|secs| secs.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let jwks = response.json::<jsonwebtoken::jwk::JwkSet>().await.ok()?;
+        Some((jwks, std::time::Duration::from_secs(max_age)))
+    }
+    .await;
+    let mut state = shared.lock();
+    state.stats.jwks_fetches += 1;
+    if let Some(client) = state.clients.get_mut(&iss) {
+        match fetched {
+            Some((jwks, max_age)) => {
+                client.jwks = jwks;
+                client.jwks_fresh_until = Some(Instant::now() + max_age);
+            }
+            None => {
+                client.jwks = jsonwebtoken::jwk::JwkSet { keys: Vec::new() };
+                client.jwks_fresh_until = None;
+            }
+        }
+    }
 }
 
 fn plain(status: StatusCode, text: &str) -> MockResponse {

@@ -104,6 +104,8 @@ pub struct MockStats {
     pub discovery_requests: u64,
     /// Times [`MockKoppeltaal::revoke_all_tokens`] was called.
     pub revocations: u64,
+    /// Fetches of URL-registered JWK Sets.
+    pub jwks_fetches: u64,
 }
 
 /// A request the FHIR endpoint received; see [`MockKoppeltaal::fhir_requests`].
@@ -167,6 +169,10 @@ struct Shared {
 struct Client {
     jwks: jsonwebtoken::jwk::JwkSet,
     forbidden: bool,
+    /// Registered JWKS URL, fetched and cached per its `Cache-Control: max-age`.
+    jwks_url: Option<String>,
+    /// When the cached copy of a URL-registered set goes stale.
+    jwks_fresh_until: Option<Instant>,
 }
 
 struct Token {
@@ -346,6 +352,26 @@ impl MockKoppeltaal {
             Client {
                 jwks: parsed,
                 forbidden,
+                jwks_url: None,
+                jwks_fresh_until: None,
+            },
+        );
+    }
+
+    /// Registers (or replaces) a client by the URL of its JWK Set, as Koppeltaal domain
+    /// management does. Like the reference auth server, the mock fetches the set when a token
+    /// request needs it and caches it for the `max-age` of its `Cache-Control` header (not at
+    /// all without one); an unreachable or invalid set refuses the request (`401`).
+    pub fn register_jwks_url(&self, client_id: &str, url: &str) {
+        let mut state = self.shared.lock();
+        let forbidden = state.clients.get(client_id).is_some_and(|c| c.forbidden);
+        state.clients.insert(
+            client_id.to_owned(),
+            Client {
+                jwks: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
+                forbidden,
+                jwks_url: Some(url.to_owned()),
+                jwks_fresh_until: None,
             },
         );
     }

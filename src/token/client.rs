@@ -14,6 +14,7 @@ use crate::endpoint::parse_secure_url;
 use crate::error::Error;
 use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
 use crate::key::SigningKey;
+use crate::keyset::KeySet;
 
 /// `expires_in` assumed when a token response has none: Koppeltaal's default token lifetime.
 /// Never "valid forever", the mistake every peer library makes.
@@ -57,7 +58,7 @@ struct Inner {
     http: reqwest::Client,
     token_endpoint: url::Url,
     assertion: ClientAssertion,
-    key: SigningKey,
+    keys: KeySet,
     scope: Option<String>,
     default_lifetime: Duration,
 }
@@ -67,7 +68,7 @@ impl fmt::Debug for ClientCredentials {
         f.debug_struct("ClientCredentials")
             .field("client_id", &self.inner.assertion.client_id())
             .field("token_endpoint", &self.inner.assertion.audience())
-            .field("key", &self.inner.key)
+            .field("keys", &self.inner.keys)
             .field("scope", &self.inner.scope)
             .finish_non_exhaustive()
     }
@@ -79,7 +80,7 @@ impl fmt::Debug for ClientCredentials {
 pub struct ClientCredentialsBuilder {
     client_id: Option<String>,
     token_endpoint: Option<String>,
-    key: Option<SigningKey>,
+    keys: Option<KeySet>,
     scope: Option<String>,
     assertion_lifetime: Option<Duration>,
     iat_backdate: Option<Duration>,
@@ -109,7 +110,10 @@ impl ClientCredentials {
     async fn request(&self) -> Result<AccessToken, Error> {
         let inner = &*self.inner;
         // A new assertion (new jti) for every attempt: the server refuses a jti it has seen.
-        let assertion = inner.assertion.sign(&inner.key)?;
+        // Signed with the key active now, so that a key rotation needs no restart.
+        let key = inner.keys.signing_key();
+        tracing::debug!(kid = key.kid(), alg = %key.algorithm(), "signing the client assertion");
+        let assertion = inner.assertion.sign(&key)?;
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -155,7 +159,6 @@ impl TokenSource for ClientCredentials {
             "token_request",
             token_endpoint = %self.inner.token_endpoint,
             client_id = %self.inner.assertion.client_id(),
-            kid = %self.inner.key.kid(),
         );
         Box::pin(self.request().instrument(span))
     }
@@ -175,9 +178,16 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Sets the key that signs assertions. Required.
+    /// Sets the key that signs assertions. This or [`key_set`](Self::key_set) is required.
     pub fn signing_key(mut self, key: SigningKey) -> Self {
-        self.key = Some(key);
+        self.keys = Some(KeySet::new(key));
+        self
+    }
+
+    /// Signs with the active key of `keys` at each request, so that keys can be rotated while
+    /// running (see [`KeySet`]).
+    pub fn key_set(mut self, keys: KeySet) -> Self {
+        self.keys = Some(keys);
         self
     }
 
@@ -236,9 +246,9 @@ impl ClientCredentialsBuilder {
         let endpoint = self
             .token_endpoint
             .ok_or_else(|| Error::config("token_endpoint is required"))?;
-        let key = self
-            .key
-            .ok_or_else(|| Error::config("signing_key is required"))?;
+        let keys = self
+            .keys
+            .ok_or_else(|| Error::config("signing_key or key_set is required"))?;
         let token_endpoint = parse_secure_url("token endpoint", &endpoint)?;
         let mut assertion = ClientAssertion::new(client_id, endpoint)?;
         if let Some(lifetime) = self.assertion_lifetime {
@@ -260,7 +270,7 @@ impl ClientCredentialsBuilder {
                 http,
                 token_endpoint,
                 assertion,
-                key,
+                keys,
                 scope: self.scope,
                 default_lifetime,
             }),

@@ -12,7 +12,7 @@
 //! use koppeltaal_auth::jwks::JwkSet;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let pem = include_str!("../tests/data/test-only-p384-pkcs8.pem");
+//! # let pem = include_str!("../../tests/data/test-only-p384-pkcs8.pem");
 //! let key = SigningKey::from_pem(pem, "instance-1")?;
 //! let jwks = JwkSet::from_keys([&key])?;
 //! let json = serde_json::to_value(&jwks)?;
@@ -24,10 +24,14 @@
 //!
 //! [RFC 7517]: https://www.rfc-editor.org/rfc/rfc7517
 
+mod service;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::key::{Algorithm, PublicParts, SigningKey, b64};
+
+pub use service::JwksService;
 
 /// One public key: `kty`, `kid`, `use: "sig"`, `alg`, and `n`/`e` (RSA) or `crv`/`x`/`y` (EC),
 /// base64url without padding. Get one from [`SigningKey::public_jwk`].

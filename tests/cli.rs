@@ -1,0 +1,377 @@
+//! The `koppeltaal-auth` binary against `MockKoppeltaal`: keygen -> jwks -> register -> token ->
+//! get, file modes, and the documented exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use koppeltaal_auth::jwks::JwkSet;
+use koppeltaal_auth::testing::MockKoppeltaal;
+
+const BIN: &str = env!("CARGO_BIN_EXE_koppeltaal-auth");
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("kt-cli-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the binary off the async runtime (the mock keeps serving meanwhile), with a clean
+/// environment so that no KOPPELTAAL_* variable of the developer leaks in.
+async fn run(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+async fn round_trip(alg: &str) {
+    let mock = MockKoppeltaal::start().await.unwrap();
+    let dir = TempDir::new();
+    let key = dir.path("client-key.pem");
+
+    let keygen = run(&["keygen", "--alg", alg, "--out", path(&key)]).await;
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let generated: JwkSet = serde_json::from_str(&stdout(&keygen)).unwrap();
+    assert_eq!(generated.keys[0].alg(), Some(alg));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the private key is readable by its owner only");
+    }
+
+    // `jwks` prints the same set again from the file.
+    let jwks = run(&["jwks", "--key", path(&key)]).await;
+    assert!(jwks.status.success(), "{}", stderr(&jwks));
+    let printed: JwkSet = serde_json::from_str(&stdout(&jwks)).unwrap();
+    assert_eq!(printed, generated);
+    assert!(!stdout(&jwks).contains("PRIVATE"));
+
+    // Register it, as domain management would.
+    mock.register_client("cli-client", &printed);
+    let credentials = ["--client-id", "cli-client", "--key", path(&key)];
+    let base = mock.fhir_base_url();
+    let mut args = vec!["token"];
+    args.extend(credentials);
+    args.extend(["--fhir-base", &base]);
+    let token = run(&args).await;
+    assert!(token.status.success(), "{}", stderr(&token));
+    let response: serde_json::Value = serde_json::from_str(&stdout(&token)).unwrap();
+    assert_eq!(response["token_type"], "Bearer");
+    assert_eq!(response["expires_in"], 300);
+    let access_token = response["access_token"].as_str().unwrap().to_owned();
+    let fhir = reqwest::Client::new()
+        .get(format!("{base}/Patient/1"))
+        .bearer_auth(&access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fhir.status(), 200, "the printed token works");
+
+    let mut args = vec!["token", "--header", "--token-endpoint"];
+    let endpoint = mock.token_endpoint();
+    args.push(&endpoint);
+    args.extend(credentials);
+    let header = run(&args).await;
+    assert!(stdout(&header).starts_with("Authorization: Bearer mock-"));
+
+    let url = format!("{base}/Patient/42");
+    let mut args = vec!["get", "--verbose", "--fhir-base", &base];
+    args.extend(credentials);
+    args.push(&url);
+    let get = run(&args).await;
+    assert!(get.status.success(), "{}", stderr(&get));
+    assert!(stdout(&get).contains("200 OK"));
+    assert!(stdout(&get).contains("\"id\":\"42\""));
+    assert!(stderr(&get).contains("token generation used: 1"));
+    assert!(stderr(&get).contains("no renewal or replay was needed"));
+    let used = mock.fhir_requests().pop().unwrap();
+    let sent = used.headers["authorization"].to_str().unwrap()["Bearer ".len()..].to_owned();
+    assert!(
+        !stdout(&get).contains(&sent) && !stderr(&get).contains(&sent),
+        "--verbose never prints the token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_jwks_token_get_round_trip_rs512() {
+    round_trip("RS512").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_jwks_token_get_round_trip_es384() {
+    round_trip("ES384").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_refuses_to_overwrite_without_force_and_takes_a_kid() {
+    let dir = TempDir::new();
+    let key = dir.path("key.pem");
+    assert!(
+        run(&["keygen", "--alg", "ES256", "--out", path(&key)])
+            .await
+            .status
+            .success()
+    );
+    let again = run(&["keygen", "--alg", "ES256", "--out", path(&key)]).await;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let forced = run(&[
+        "keygen",
+        "--alg",
+        "ES256",
+        "--kid",
+        "kid-2",
+        "--force",
+        "--out",
+        path(&key),
+    ])
+    .await;
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let set: JwkSet = serde_json::from_str(&stdout(&forced)).unwrap();
+    assert_eq!(set.keys[0].kid(), "kid-2");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an overwritten key file is tightened to 0600");
+    }
+    // Two keys in one set, kids by position.
+    let second = dir.path("second.pem");
+    assert!(
+        run(&["keygen", "--alg", "ES384", "--out", path(&second)])
+            .await
+            .status
+            .success()
+    );
+    let both = run(&[
+        "jwks",
+        "--key",
+        path(&key),
+        "--key",
+        path(&second),
+        "--kid",
+        "first",
+    ])
+    .await;
+    let set: JwkSet = serde_json::from_str(&stdout(&both)).unwrap();
+    assert_eq!(set.keys.len(), 2);
+    assert_eq!(set.keys[0].kid(), "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_documented_exit_codes_and_clear_messages() {
+    let mock = MockKoppeltaal::start().await.unwrap();
+    let dir = TempDir::new();
+    let rsa = format!(
+        "{}/tests/data/test-only-rsa2048-pkcs8.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let garbage = dir.path("garbage.pem");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let endpoint = mock.token_endpoint();
+    let dead = format!(
+        "http://127.0.0.1:{}/oauth2/token",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                path(&garbage),
+                "--token-endpoint",
+                &endpoint,
+            ],
+            2,
+            "garbage.pem",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                "/nonexistent.pem",
+                "--token-endpoint",
+                &endpoint,
+            ],
+            2,
+            "cannot read the key",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                &rsa,
+                "--alg",
+                "ES384",
+                "--token-endpoint",
+                &endpoint,
+            ],
+            2,
+            "ES384 needs an EC P-384 key",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                &rsa,
+                "--token-endpoint",
+                "http://auth.example.org/token",
+            ],
+            2,
+            "https",
+        ),
+        (
+            vec!["token", "--client-id", "c", "--key", &rsa],
+            2,
+            "--fhir-base",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                &rsa,
+                "--token-endpoint",
+                &dead,
+            ],
+            3,
+            "could not reach the server",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "unregistered",
+                "--key",
+                &rsa,
+                "--token-endpoint",
+                &endpoint,
+            ],
+            4,
+            "Access Denied",
+        ),
+        (
+            vec!["keygen", "--alg", "HS256", "--out", "x.pem"],
+            2,
+            "unsupported algorithm",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let output = run(&args).await;
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}: nothing on stdout");
+    }
+    mock.fail_next_token_requests(1, http::StatusCode::SERVICE_UNAVAILABLE, None);
+    let unavailable = run(&[
+        "token",
+        "--client-id",
+        "c",
+        "--key",
+        &rsa,
+        "--token-endpoint",
+        &endpoint,
+    ])
+    .await;
+    assert_eq!(
+        unavailable.status.code(),
+        Some(3),
+        "a 503 is a network-class failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_has_an_environment_variable() {
+    let mock = MockKoppeltaal::start().await.unwrap();
+    let rsa = format!(
+        "{}/tests/data/test-only-rsa2048-pkcs8.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let key =
+        koppeltaal_auth::SigningKey::from_pem(std::fs::read(&rsa).unwrap(), "env-kid").unwrap();
+    mock.register_key("env-client", &key);
+    let base = mock.fhir_base_url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .arg("token")
+            .env_clear()
+            .env("KOPPELTAAL_CLIENT_ID", "env-client")
+            .env("KOPPELTAAL_KEY", &rsa)
+            .env("KOPPELTAAL_KID", "env-kid")
+            .env("KOPPELTAAL_ALG", "RS512")
+            .env("KOPPELTAAL_FHIR_BASE", &base)
+            .env("KOPPELTAAL_SCOPE", "system/*.rs")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let request = mock.token_requests().pop().unwrap();
+    assert_eq!(request.scope.as_deref(), Some("system/*.rs"));
+    assert_eq!(request.assertion_header.unwrap()["kid"], "env-kid");
+}
