@@ -91,12 +91,14 @@ where
     B: ReplayBody + Send + 'static,
     ResBody: Send + 'static,
 {
+    #[inline]
     pub(crate) fn passthrough(future: S::Future) -> Self {
         Self {
             state: State::Passthrough { future },
         }
     }
 
+    #[inline]
     pub(crate) fn called(
         future: S::Future,
         retry: Option<Retry<S, B>>,

@@ -61,6 +61,7 @@
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 mod assertion;
 mod config;

@@ -10,8 +10,14 @@ use crate::error::Error;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FhirScope {
     scheme: String,
+    /// The same scheme as `http` has it, for a cheap comparison on every request.
+    uri_scheme: http::uri::Scheme,
     host: String,
     port: u16,
+    /// The request authorities that mean this host and port: `host:port`, and `host` alone when
+    /// the port is the scheme's default. Compared as strings, so that the per-request check
+    /// parses nothing.
+    authorities: Vec<String>,
     /// Without a trailing slash; empty for a base at the root.
     path: String,
 }
@@ -30,21 +36,40 @@ impl FhirScope {
         if base.query().is_some() {
             return Err(Error::config("FHIR base URL must not have a query"));
         }
+        // The common form first: no port when it is the default.
+        let mut authorities = Vec::with_capacity(2);
+        if base.port().is_none() {
+            authorities.push(host.clone());
+        }
+        authorities.push(format!("{host}:{port}"));
+        let uri_scheme = http::uri::Scheme::try_from(base.scheme())
+            .map_err(|err| Error::config("FHIR base URL has an invalid scheme").with_source(err))?;
         Ok(Self {
             scheme: base.scheme().to_owned(),
+            uri_scheme,
             host,
             port,
+            authorities,
             path: base.path().trim_end_matches('/').to_owned(),
         })
     }
 
     /// Whether a request to `uri` may carry the token. A URI without scheme and authority (a
     /// relative request) never does.
+    #[inline]
     pub(crate) fn matches_uri(&self, uri: &http::Uri) -> bool {
-        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        // Cheapest test first: most requests of a FHIR client go to the base, and the others
+        // usually differ in their authority.
+        let Some(authority) = uri.authority() else {
             return false;
         };
-        self.matches(scheme, host, uri.port_u16(), uri.path())
+        let authority = authority.as_str();
+        // An authority with user info ("user@host") matches none of ours: no token.
+        self.authorities
+            .iter()
+            .any(|ours| ours.len() == authority.len() && ours.eq_ignore_ascii_case(authority))
+            && uri.scheme() == Some(&self.uri_scheme)
+            && self.path_matches(uri.path())
     }
 
     /// Whether a request to `url` may carry the token.
@@ -64,21 +89,47 @@ impl FhirScope {
             "http" => Some(80),
             _ => None,
         });
-        if port != Some(self.port) {
+        port == Some(self.port) && self.path_matches(path)
+    }
+
+    #[inline]
+    fn path_matches(&self, path: &str) -> bool {
+        let Some(rest) = path.as_bytes().strip_prefix(self.path.as_bytes()) else {
+            return false;
+        };
+        if !(rest.is_empty() || rest[0] == b'/') {
             return false;
         }
-        let under = match path.strip_prefix(self.path.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        };
-        // "/fhir/DEFAULT/../admin" starts with the base but is not under it once normalised.
-        under && !path.split('/').any(is_dot_segment)
+        // "/fhir/DEFAULT/../admin" starts with the base but is not under it once normalised. A
+        // dot segment needs a '.' or a '%': most paths are done after one byte scan.
+        memchr::memchr2(b'.', b'%', path.as_bytes()).is_none()
+            || !path.split('/').any(is_dot_segment)
     }
 }
 
+/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...). Checked on
+/// every request, so without allocating.
 fn is_dot_segment(segment: &str) -> bool {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    decoded == "." || decoded == ".."
+    let bytes = segment.as_bytes();
+    let mut dots = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'.' {
+            i += 1;
+        } else if bytes[i] == b'%'
+            && bytes.get(i + 1) == Some(&b'2')
+            && matches!(bytes.get(i + 2), Some(b'e' | b'E'))
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -116,6 +167,8 @@ mod tests {
             "https://fhir.example.org/",
             "https://fhir.example.org/fhir/DEFAULT/../admin",
             "https://fhir.example.org/fhir/DEFAULT/%2e%2e/admin",
+            "https://user@fhir.example.org/fhir/DEFAULT/Patient",
+            "https://fhir.example.org:80/fhir/DEFAULT/Patient",
             "https://fhir.example.org/fhir/DEFAULT/./Patient",
             "/fhir/DEFAULT/Patient",
         ] {
@@ -129,6 +182,26 @@ mod tests {
             "https://fhir.example.org/",
         ] {
             assert!(!s.matches_url(&Url::parse(no).unwrap()), "{no}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_recognised_in_every_spelling() {
+        for dot in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2e."] {
+            assert!(is_dot_segment(dot), "{dot}");
+        }
+        for other in [
+            "",
+            "...",
+            "a.",
+            ".a",
+            "%2",
+            "%2f",
+            "Patient",
+            "%2e%2e%2e",
+            "v1.0",
+        ] {
+            assert!(!is_dot_segment(other), "{other}");
         }
     }
 

@@ -4,13 +4,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response, header::AUTHORIZATION};
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
 use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::future::{ResponseFuture, Retry};
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
+use crate::token::TokenReader;
 
 /// Middleware that adds a Koppeltaal bearer token to requests for the FHIR base and replays a
 /// request once after a `401`. Made by [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer).
@@ -53,6 +55,8 @@ use crate::replay::ReplayBody;
 pub struct KoppeltaalAuth<S> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<AuthShared>,
+    /// This service's view of the token cell (see `TokenReader`).
+    pub(crate) reader: TokenReader,
 }
 
 impl<S> KoppeltaalAuth<S> {
@@ -81,6 +85,23 @@ impl<S> fmt::Debug for KoppeltaalAuth<S> {
     }
 }
 
+/// Adds the token unless the request has its own `Authorization` (then: `false`, and the
+/// request is unchanged). One header-map lookup in the common case.
+#[inline]
+fn insert_token<B>(request: &mut Request<B>, token: crate::TokenHeader) -> bool {
+    match request
+        .headers_mut()
+        .insert(AUTHORIZATION, token.into_value())
+    {
+        None => true,
+        Some(own) => {
+            // The caller's own header: put it back. (A replay copy, if any, was wasted: rare.)
+            request.headers_mut().insert(AUTHORIZATION, own);
+            false
+        }
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KoppeltaalAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -97,30 +118,33 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if request.headers().contains_key(AUTHORIZATION)
-            || !self.shared.scope.matches_uri(request.uri())
-        {
+        if !self.shared.scope.matches_uri(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        match self.shared.cell.current() {
+        match self.reader.current() {
             // Fast path: a fresh token, no lock, no allocation (the replay copy aside).
             Some(token) => {
-                let retry = if self.shared.replay {
-                    Retry::prepare(&request, &self.inner)
-                } else {
-                    None
-                };
                 let generation = token.generation();
-                request
-                    .headers_mut()
-                    .insert(AUTHORIZATION, token.into_value());
-                ResponseFuture::called(
-                    self.inner.call(request),
-                    retry,
-                    generation,
-                    Arc::clone(&self.shared),
-                )
+                let shared = Arc::clone(&self.shared);
+                // Two arms so that the no-replay future is built with a literal `None` (a tag
+                // write) rather than a moved, full-size `Option<Retry>`.
+                if self.shared.replay {
+                    let retry = Retry::prepare(&request, &self.inner);
+                    if !insert_token(&mut request, token) {
+                        return ResponseFuture::passthrough(self.inner.call(request));
+                    }
+                    ResponseFuture::called(self.inner.call(request), retry, generation, shared)
+                } else {
+                    if !insert_token(&mut request, token) {
+                        return ResponseFuture::passthrough(self.inner.call(request));
+                    }
+                    ResponseFuture::called(self.inner.call(request), None, generation, shared)
+                }
+            }
+            None if request.headers().contains_key(AUTHORIZATION) => {
+                ResponseFuture::passthrough(self.inner.call(request))
             }
             // Slow path: wait for a token first. Take the service that was driven to readiness
             // and leave a clone in its place:

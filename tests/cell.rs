@@ -524,3 +524,33 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
         }
     }
 }
+
+#[test]
+fn without_its_background_refresher_the_cell_checks_the_clock_again() {
+    let source = FakeTokenSource::new().with_lifetime(secs(2));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let cell = first.block_on(async {
+        let cell = TokenCell::new(source.clone(), exact());
+        cell.ready().await.unwrap();
+        cell
+    });
+    // The runtime, and with it the background refresher, goes away.
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        tokio::time::advance(secs(3)).await;
+        assert!(
+            cell.current().is_none(),
+            "an expired token is never handed out, refresher or not"
+        );
+        assert_eq!(cell.token().await.unwrap().generation(), 2);
+    });
+}

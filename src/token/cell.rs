@@ -129,9 +129,17 @@ struct CachedToken {
     generation: u64,
     refresh_at: Instant,
     usable_until: Instant,
+    /// True while the background refresher is responsible for this token and its refresh point
+    /// has not come: the fast path may then skip reading the clock (a clock read is a large part
+    /// of its cost). The refresher clears it at the refresh point, and when it stops; from then on
+    /// every use checks the clock against the expiry margin. The margin is at least 40% of the
+    /// lifetime (20 s for long tokens) after the refresh point, so only a timer that late could
+    /// let a token be handed out inside its margin.
+    clock_free: AtomicBool,
 }
 
 impl CachedToken {
+    #[inline]
     fn header(&self) -> TokenHeader {
         TokenHeader {
             value: self.token.header_value().clone(),
@@ -228,9 +236,13 @@ impl TokenCell {
     /// The token, if one is usable now. Never waits, locks or allocates; starts one background
     /// refresh when the token is past its refresh point.
     #[must_use]
+    #[inline]
     pub fn current(&self) -> Option<TokenHeader> {
         let guard = self.shared.current.load();
         let cached = guard.as_ref()?;
+        if cached.clock_free.load(Ordering::Relaxed) {
+            return Some(cached.header());
+        }
         let now = Instant::now();
         if now >= cached.usable_until {
             return None;
@@ -343,6 +355,65 @@ impl TokenCell {
     /// The policy.
     pub fn policy(&self) -> &RefreshPolicy {
         &self.shared.policy
+    }
+}
+
+/// A per-service view of a [`TokenCell`] for the layer's fast path: it keeps the last token it
+/// saw, and checks with one relaxed atomic load that the cell still holds that token (arc-swap's
+/// `Cache`), instead of a full arc-swap load. Behaves as [`TokenCell::current`].
+#[derive(Clone)]
+pub(crate) struct TokenReader {
+    cell: TokenCell,
+    cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
+}
+
+/// Lets `arc_swap::Cache` reach the cell's token slot.
+#[derive(Clone)]
+struct CurrentRef(Arc<Shared>);
+
+impl std::ops::Deref for CurrentRef {
+    type Target = ArcSwapOption<CachedToken>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+impl TokenReader {
+    pub(crate) fn new(cell: &TokenCell) -> Self {
+        Self {
+            cell: cell.clone(),
+            cache: arc_swap::Cache::new(CurrentRef(Arc::clone(&cell.shared))),
+        }
+    }
+
+    /// As [`TokenCell::current`].
+    #[inline]
+    pub(crate) fn current(&mut self) -> Option<TokenHeader> {
+        let now;
+        let header;
+        {
+            let cached = self.cache.load().as_ref()?;
+            if cached.clock_free.load(Ordering::Relaxed) {
+                return Some(cached.header());
+            }
+            now = Instant::now();
+            if now >= cached.usable_until {
+                return None;
+            }
+            header = cached.header();
+            if now < cached.refresh_at {
+                return Some(header);
+            }
+        }
+        self.cell.shared.refresh_soon(now, Reason::Proactive, 0);
+        Some(header)
+    }
+}
+
+impl fmt::Debug for TokenReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenReader").finish_non_exhaustive()
     }
 }
 
@@ -593,11 +664,15 @@ impl Shared {
             refresh_in_s = refresh_at.saturating_duration_since(now).as_secs_f64(),
             "new token"
         );
+        // Read under the lock that `BackgroundGuard` takes too: a token is never left clock-free
+        // by a refresher that is gone.
+        let clock_free = self.background_started.load(Ordering::Acquire);
         self.current.store(Some(Arc::new(CachedToken {
             token,
             generation: sched.generation,
             refresh_at,
             usable_until,
+            clock_free: AtomicBool::new(clock_free),
         })));
         Ok(())
     }
@@ -649,6 +724,10 @@ async fn background(weak: Weak<Shared>, wake: Arc<Notify>) {
             if let Some((at, reason)) = due
                 && at <= Instant::now()
             {
+                // The refresh point: from here on, uses of the token check the clock.
+                if let Some(cached) = shared.current.load().as_ref() {
+                    cached.clock_free.store(false, Ordering::Relaxed);
+                }
                 let _ = shared.kick(Instant::now(), reason, 0);
                 None
             } else {
@@ -670,7 +749,12 @@ struct BackgroundGuard(Weak<Shared>);
 impl Drop for BackgroundGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
+            let _sched = shared.lock();
             shared.background_started.store(false, Ordering::Release);
+            // Nobody will mark the current token stale any more: check the clock from now on.
+            if let Some(cached) = shared.current.load().as_ref() {
+                cached.clock_free.store(false, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
+pub(crate) use cell::TokenReader;
 pub use cell::{CellStats, TokenCell, TokenHeader};
 pub use client::DEFAULT_TOKEN_LIFETIME;
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
