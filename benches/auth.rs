@@ -521,8 +521,9 @@ fn refresh_boundary_report() {
         "proactive refresh",
         "refresh on expiry",
     ];
-    // Per case: (p50, p99, max, requests, fetches) of every round.
-    let mut results: [Vec<(Duration, Duration, Duration, usize, u64)>; 3] = Default::default();
+    // Per case, per round: (p50, p99, max, requests, fetches).
+    type Round = (Duration, Duration, Duration, usize, u64);
+    let mut results: [Vec<Round>; 3] = Default::default();
     for _ in 0..rounds {
         let cases = [
             (slow(DAY), RefreshPolicy::default()),
