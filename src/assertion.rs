@@ -145,6 +145,12 @@ impl ClientAssertion {
         self.lifetime
     }
 
+    /// How far `iat` is back-dated.
+    #[must_use]
+    pub fn iat_backdate(&self) -> Duration {
+        self.backdate
+    }
+
     /// Signs an assertion for the instant `now` with the given `jti`. A pure function of its
     /// inputs and `self`.
     ///

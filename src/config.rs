@@ -158,6 +158,8 @@ pub struct KoppeltaalAuthBuilder {
     policy: RefreshPolicy,
     no_replay: bool,
     source: Option<Box<dyn TokenSource>>,
+    /// The server clock offset measured during discovery, handed to the token source.
+    skew: Option<Arc<crate::clock::ClockSkew>>,
 }
 
 impl fmt::Debug for KoppeltaalAuthBuilder {
@@ -304,7 +306,8 @@ impl KoppeltaalAuthBuilder {
             return self.build();
         }
         let http = self.http_client_or_default()?;
-        let config = smart::discover_with(&http, base.as_str()).await?;
+        let skew = Arc::new(crate::clock::ClockSkew::default());
+        let config = smart::discover_observing(&http, base.as_str(), Some(&skew)).await?;
         if let Some(key) = self.keys.as_ref().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {
@@ -322,6 +325,7 @@ impl KoppeltaalAuthBuilder {
         }
         let mut builder = self;
         builder.http = Some(http);
+        builder.skew = Some(skew);
         builder.finish(&base, Some(config.token_endpoint))
     }
 
@@ -374,6 +378,9 @@ impl KoppeltaalAuthBuilder {
                 }
                 if let Some(http) = self.http {
                     credentials = credentials.http_client(http);
+                }
+                if let Some(skew) = self.skew {
+                    credentials = credentials.clock_skew(skew);
                 }
                 TokenCell::new(credentials.build()?, self.policy)
             }

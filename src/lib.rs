@@ -64,6 +64,7 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod clock;
 mod config;
 mod endpoint;
 mod error;

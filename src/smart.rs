@@ -174,6 +174,15 @@ pub async fn discover_with(
     http: &reqwest::Client,
     fhir_base: &str,
 ) -> Result<SmartConfiguration, Error> {
+    discover_observing(http, fhir_base, None).await
+}
+
+/// [`discover_with`], also measuring the server's clock offset from the `Date` header.
+pub(crate) async fn discover_observing(
+    http: &reqwest::Client,
+    fhir_base: &str,
+    skew: Option<&crate::clock::ClockSkew>,
+) -> Result<SmartConfiguration, Error> {
     let base = parse_secure_url("FHIR base URL", fhir_base)?;
     let url = well_known_url(&base)?;
     let response = http
@@ -182,6 +191,9 @@ pub async fn discover_with(
         .send()
         .await
         .map_err(|err| Error::from_reqwest("SMART discovery request failed", err))?;
+    if let Some(skew) = skew {
+        skew.observe(response.headers(), std::time::SystemTime::now());
+    }
     let status = response.status();
     let body = read_limited(response, MAX_BODY).await?;
     if !status.is_success() {

@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 use super::response::{parse_error_response, parse_token_response};
 use super::{AccessToken, BoxFuture, TokenSource};
 use crate::assertion::ClientAssertion;
+use crate::clock::{ClockSkew, shifted};
 use crate::endpoint::parse_secure_url;
 use crate::error::Error;
 use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
@@ -61,6 +62,7 @@ struct Inner {
     keys: KeySet,
     scope: Option<String>,
     default_lifetime: Duration,
+    skew: Arc<ClockSkew>,
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -87,6 +89,7 @@ pub struct ClientCredentialsBuilder {
     default_lifetime: Option<Duration>,
     http: Option<reqwest::Client>,
     timeout: Option<Duration>,
+    skew: Option<Arc<ClockSkew>>,
 }
 
 impl ClientCredentials {
@@ -107,13 +110,41 @@ impl ClientCredentials {
         self.inner.assertion.client_id()
     }
 
+    /// One token request, and at most one more when the server's clock turned out to be off:
+    /// the reference server answers a plain `401` to an `iat` in its future, and its `Date`
+    /// header tells by how much.
     async fn request(&self) -> Result<AccessToken, Error> {
+        let backdate = self.inner.assertion.iat_backdate();
+        let applied = self.inner.skew.correction(backdate);
+        let result = self.attempt(applied).await;
+        let Err(error) = &result else {
+            return result;
+        };
+        let corrected = self.inner.skew.correction(backdate);
+        let plain_401 =
+            error.status() == Some(http::StatusCode::UNAUTHORIZED) && error.oauth_error().is_none();
+        if plain_401 && corrected.abs_diff(applied) > backdate.as_secs() {
+            tracing::info!(
+                offset_s = corrected,
+                "token request refused and the server's clock differs from ours: retrying once with corrected assertion times"
+            );
+            return self.attempt(corrected).await;
+        }
+        result
+    }
+
+    /// Sends one token request, with assertion times shifted by `offset` seconds.
+    async fn attempt(&self, offset: i64) -> Result<AccessToken, Error> {
         let inner = &*self.inner;
         // A new assertion (new jti) for every attempt: the server refuses a jti it has seen.
         // Signed with the key active now, so that a key rotation needs no restart.
         let key = inner.keys.signing_key();
-        tracing::debug!(kid = key.kid(), alg = %key.algorithm(), "signing the client assertion");
-        let assertion = inner.assertion.sign(&key)?;
+        tracing::debug!(kid = key.kid(), alg = %key.algorithm(), offset_s = offset, "signing the client assertion");
+        let assertion = inner.assertion.sign_at(
+            &key,
+            shifted(SystemTime::now(), offset),
+            &uuid::Uuid::new_v4().to_string(),
+        )?;
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
@@ -132,6 +163,7 @@ impl ClientCredentials {
             .await
             .map_err(|err| Error::from_reqwest("token request failed", err))?;
         let received_at = Instant::now();
+        inner.skew.observe(response.headers(), SystemTime::now());
         let status = response.status();
         let headers = response.headers().clone();
         let body = read_limited(response, MAX_BODY).await?;
@@ -231,6 +263,12 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// Shares a clock-offset measurement (from discovery) with this source.
+    pub(crate) fn clock_skew(mut self, skew: Arc<ClockSkew>) -> Self {
+        self.skew = Some(skew);
+        self
+    }
+
     /// Builds the [`ClientCredentials`].
     ///
     /// # Errors
@@ -273,6 +311,7 @@ impl ClientCredentialsBuilder {
                 keys,
                 scope: self.scope,
                 default_lifetime,
+                skew: self.skew.unwrap_or_default(),
             }),
         })
     }
