@@ -88,6 +88,8 @@ pub mod testing;
 mod middleware;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_support;
 
 pub use crate::assertion::{

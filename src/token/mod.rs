@@ -26,6 +26,10 @@ pub use policy::{
     DEFAULT_REFRESH_AHEAD_MIN, DEFAULT_REFRESH_JITTER_FRACTION, DEFAULT_WAIT_TIMEOUT,
     DEFAULT_YOUNG_TOKEN_AGE, MAX_RETRY_AFTER, RefreshPolicy,
 };
+#[cfg(test)]
+pub(crate) use response::{
+    parse_error_response, parse_oauth_error, parse_retry_after, parse_token_response,
+};
 
 /// A boxed, `Send` future, as returned by [`TokenSource::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
