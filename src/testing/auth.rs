@@ -34,7 +34,11 @@ pub(super) async fn token(
     }
     refresh_client_jwks(&shared, &body).await;
     let mut state = shared.lock();
-    let (response, mut record) = handle(&shared.token_endpoint, &mut state, &method, &body);
+    let audience = state
+        .audience
+        .clone()
+        .unwrap_or_else(|| shared.token_endpoint.clone());
+    let (response, mut record) = handle(&audience, &mut state, &method, &body);
     record.received_at = received_at;
     if response.status != StatusCode::OK || record.refusal.is_some() {
         state.stats.token_requests_failed += 1;

@@ -194,6 +194,7 @@ struct State {
     faults: VecDeque<MockResponse>,
     token_delay: Duration,
     token_clock_advance: Duration,
+    audience: Option<String>,
     smart_configuration: Option<Value>,
     stats: MockStats,
     fhir_log: Vec<ReceivedRequest>,
@@ -278,6 +279,7 @@ impl MockKoppeltaalBuilder {
                 faults: VecDeque::new(),
                 token_delay: Duration::ZERO,
                 token_clock_advance: Duration::ZERO,
+                audience: None,
                 smart_configuration: None,
                 stats: MockStats::default(),
                 fhir_log: Vec::new(),
@@ -411,6 +413,12 @@ impl MockKoppeltaal {
             token.revoked = true;
         }
         state.stats.revocations += 1;
+    }
+
+    /// Accepts assertions whose `aud` is `audience` instead of the mock's own token URL: for a
+    /// mock reached through a proxy, whose URL the client knows as the token endpoint.
+    pub fn set_audience(&self, audience: &str) {
+        self.shared.lock().audience = Some(audience.to_owned());
     }
 
     /// Moves the FHIR endpoint's clock for token expiry `by` ahead, so tokens expire without

@@ -1,0 +1,499 @@
+//! Fault injection: the token endpoint failing in every way while FHIR requests keep flowing
+//! through the layer; revocation storms; cancellation. Each test is bounded in time and in the
+//! number of requests, and asserts exactly what the caller saw and what the servers received.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+#[path = "support/fault_proxy.rs"]
+mod fault_proxy;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fault_proxy::{FaultProxy, Mode};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use koppeltaal_auth::testing::{FakeTokenSource, MockKoppeltaal};
+use koppeltaal_auth::{
+    Authenticator, BoxError, ClientCredentials, ErrorKind, KoppeltaalAuth, RefreshPolicy,
+};
+use support::{CLIENT_ID, rsa_key};
+use tokio::time::{Instant, sleep, timeout};
+use tower::{Layer, ServiceExt};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_millis(800);
+const WAIT: Duration = Duration::from_secs(1);
+
+/// A mock with `lifetime` tokens behind a fault proxy, and an authenticator using the proxy as
+/// its token endpoint with a fast policy: backoff 100-800 ms, wait timeout 1 s, token request
+/// timeout 300 ms.
+async fn setup(lifetime: Duration) -> (MockKoppeltaal, FaultProxy, Authenticator) {
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let proxy = FaultProxy::start(mock.addr()).await;
+    // The client knows the proxy as the token endpoint: that is the assertion's audience.
+    mock.set_audience(&proxy.url("/oauth2/token"));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let source = ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint(proxy.url("/oauth2/token"))
+        .signing_key(rsa_key())
+        .http_client(http)
+        .build()
+        .unwrap();
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .token_source(source)
+        .refresh_policy(
+            RefreshPolicy::default()
+                .refresh_jitter(0.0)
+                .backoff(BACKOFF_MIN, BACKOFF_MAX)
+                .wait_timeout(WAIT),
+        )
+        .build()
+        .unwrap();
+    (mock, proxy, auth)
+}
+
+/// One FHIR read through the layer: the status, or our error.
+async fn read(
+    auth: &Authenticator,
+    mock: &MockKoppeltaal,
+) -> Result<StatusCode, koppeltaal_auth::Error> {
+    let client = auth
+        .layer()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let request = Request::get(format!("{}/Patient/1", mock.fhir_base_url()))
+        .body(Full::default())
+        .unwrap();
+    match client.oneshot(request).await {
+        Ok(response) => Ok(response.status()),
+        Err(err) => Err(*err
+            .downcast::<koppeltaal_auth::Error>()
+            .unwrap_or_else(|other: BoxError| panic!("not our error: {other}"))),
+    }
+}
+
+/// What a failing token endpoint must look like from both sides.
+struct Expect {
+    kind: ErrorKind,
+    status: Option<StatusCode>,
+    /// The shortest gap the endpoint may see between two attempts.
+    min_gap: Duration,
+}
+
+/// Healthy first token; then the fault: requests keep succeeding until the token expires, then
+/// fail fast with the typed error; the endpoint sees attempts no closer than the policy allows;
+/// once healed, everything works again without intervention.
+async fn token_endpoint_fault(fault: Mode, expect: Expect) {
+    let run = async {
+        let lifetime = Duration::from_secs(2);
+        let (mock, proxy, auth) = setup(lifetime).await;
+        auth.ready().await.unwrap();
+        let start = Instant::now();
+        proxy.set_mode(fault).await;
+
+        // While the token is valid (2 s token, usable for 1.8 s): no request fails.
+        let mut ok = 0;
+        while start.elapsed() < Duration::from_millis(1_500) {
+            assert_eq!(
+                read(&auth, &mock).await.unwrap(),
+                StatusCode::OK,
+                "no request fails while the token is valid"
+            );
+            ok += 1;
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok >= 10, "requests were made: {ok}");
+
+        // After expiry: typed errors, each within the wait timeout, and nothing sent without a
+        // token.
+        sleep(Duration::from_millis(2_100).saturating_sub(start.elapsed())).await;
+        let fhir_before = mock.stats().fhir_requests;
+        let failing_since = Instant::now();
+        let mut failures = 0;
+        while failing_since.elapsed() < Duration::from_millis(1_500) {
+            let asked = Instant::now();
+            let err = read(&auth, &mock)
+                .await
+                .expect_err("no valid token: a typed error");
+            assert!(
+                asked.elapsed() <= WAIT + Duration::from_millis(200),
+                "answered within the wait timeout"
+            );
+            assert_eq!(err.kind(), expect.kind, "{err}");
+            assert_eq!(err.status(), expect.status, "{err}");
+            failures += 1;
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert!(failures >= 5);
+        assert_eq!(
+            mock.stats().fhir_requests,
+            fhir_before,
+            "no request went out without a token"
+        );
+
+        // The refresh was retried, never faster than the policy allows: count the failed
+        // attempts (a refused connection reaches no server), and check the spacing the server
+        // saw when it saw them.
+        let failed = auth.stats().fetches_failed;
+        let window = start.elapsed();
+        let allowed = (window.as_millis() / expect.min_gap.as_millis()) as u64 + 1;
+        assert!(failed >= 2, "the refresh was retried: {failed}");
+        assert!(
+            failed <= allowed,
+            "{failed} attempts in {window:?}, the policy allows {allowed}"
+        );
+        let attempts = proxy.attempts();
+        for pair in attempts.get(1..).unwrap_or_default().windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap + Duration::from_millis(5) >= expect.min_gap,
+                "attempts {gap:?} apart, policy minimum {:?}",
+                expect.min_gap
+            );
+        }
+        if !matches!(expect.kind, ErrorKind::Transport) || expect.status.is_some() {
+            assert_eq!(
+                attempts.len() as u64,
+                failed + 1,
+                "the server saw every attempt"
+            );
+        }
+
+        // Healed: recovery without intervention, within the longest backoff (plus a request).
+        proxy.set_mode(Mode::Forward).await;
+        let healed = Instant::now();
+        loop {
+            if read(&auth, &mock).await.is_ok() {
+                break;
+            }
+            assert!(
+                healed.elapsed() < expect.min_gap.max(BACKOFF_MAX) + Duration::from_millis(1_500),
+                "recovered"
+            );
+            sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            assert_eq!(read(&auth, &mock).await.unwrap(), StatusCode::OK);
+        }
+    };
+    timeout(Duration::from_secs(20), run)
+        .await
+        .expect("bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down() {
+    token_endpoint_fault(
+        Mode::Refuse,
+        Expect {
+            kind: ErrorKind::Transport,
+            status: None,
+            min_gap: BACKOFF_MIN,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_hanging() {
+    token_endpoint_fault(
+        Mode::Hang,
+        Expect {
+            kind: ErrorKind::Timeout,
+            status: None,
+            min_gap: BACKOFF_MIN,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_resetting_mid_body() {
+    token_endpoint_fault(
+        Mode::ResetMidBody,
+        Expect {
+            kind: ErrorKind::Transport,
+            status: None,
+            min_gap: BACKOFF_MIN,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_truncated_json() {
+    // A broken response is not transient: retried only at the longest backoff.
+    token_endpoint_fault(
+        Mode::TruncatedJson,
+        Expect {
+            kind: ErrorKind::InvalidTokenResponse,
+            status: None,
+            min_gap: BACKOFF_MAX,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_5xx_burst() {
+    // Every status of the burst is transient; callers see the latest attempt's.
+    let run = async {
+        let (mock, proxy, auth) = setup(Duration::from_secs(2)).await;
+        auth.ready().await.unwrap();
+        proxy
+            .set_mode(Mode::Status(vec![500, 502, 503], None))
+            .await;
+        sleep(Duration::from_millis(2_100)).await;
+        let mut seen = std::collections::BTreeSet::new();
+        let failing = Instant::now();
+        while failing.elapsed() < Duration::from_millis(1_500) {
+            let err = read(&auth, &mock).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::TokenRejected);
+            assert!(err.is_transient());
+            seen.insert(err.status().unwrap().as_u16());
+            sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            seen.len() >= 2,
+            "callers saw the burst's statuses: {seen:?}"
+        );
+        for pair in proxy.attempts()[1..].windows(2) {
+            assert!(pair[1] - pair[0] + Duration::from_millis(5) >= BACKOFF_MIN);
+        }
+        proxy.set_mode(Mode::Forward).await;
+        sleep(BACKOFF_MAX + Duration::from_millis(300)).await;
+        assert_eq!(read(&auth, &mock).await.unwrap(), StatusCode::OK);
+    };
+    timeout(Duration::from_secs(20), run)
+        .await
+        .expect("bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_rate_limited_with_retry_after() {
+    // 429 with Retry-After: 2 is honoured even though the policy's longest backoff is 0.8 s.
+    token_endpoint_fault(
+        Mode::Status(vec![429], Some(2)),
+        Expect {
+            kind: ErrorKind::TokenRejected,
+            status: Some(StatusCode::TOO_MANY_REQUESTS),
+            min_gap: Duration::from_secs(2),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_plain_text_401() {
+    // Koppeltaal's "401 Access Denied": permanent, retried only at the longest backoff.
+    token_endpoint_fault(
+        Mode::Status(vec![401], None),
+        Expect {
+            kind: ErrorKind::TokenRejected,
+            status: Some(StatusCode::UNAUTHORIZED),
+            min_gap: BACKOFF_MAX,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_slow() {
+    // A 2 s token request, against 6 s tokens refreshed at 3 s: the refresh finishes before the
+    // old token's margin (5.4 s), so no request notices, and no second request piles up.
+    let run = async {
+        let (mock, proxy, auth) = setup(Duration::from_secs(6)).await;
+        // The slow endpoint needs a longer request timeout than the other scenarios.
+        let _ = &auth;
+        let slow_source = ClientCredentials::builder()
+            .client_id(CLIENT_ID)
+            .token_endpoint(proxy.url("/oauth2/token"))
+            .signing_key(rsa_key())
+            .http_client(
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let auth = KoppeltaalAuth::builder()
+            .fhir_base_url(mock.fhir_base_url())
+            .token_source(slow_source)
+            .refresh_policy(RefreshPolicy::default().refresh_jitter(0.0))
+            .build()
+            .unwrap();
+        auth.ready().await.unwrap();
+        proxy.set_mode(Mode::Slow(Duration::from_secs(2))).await;
+        let start = Instant::now();
+        let mut ok = 0;
+        while start.elapsed() < Duration::from_millis(5_800) {
+            assert_eq!(read(&auth, &mock).await.unwrap(), StatusCode::OK);
+            ok += 1;
+            sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok >= 50);
+        assert_eq!(
+            auth.stats().generation,
+            2,
+            "refreshed once, in the background"
+        );
+        assert_eq!(
+            proxy.attempts().len(),
+            2,
+            "the first token and one slow refresh"
+        );
+        assert_eq!(auth.stats().waits, 1, "only the very first request waited");
+    };
+    timeout(Duration::from_secs(20), run)
+        .await
+        .expect("bounded in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_every_200_ms_under_100_concurrent_requests() {
+    let run = async {
+        let mock = MockKoppeltaal::start().await.unwrap();
+        mock.register_key(CLIENT_ID, &rsa_key());
+        let auth = KoppeltaalAuth::builder()
+            .fhir_base_url(mock.fhir_base_url())
+            .client_id(CLIENT_ID)
+            .signing_key(rsa_key())
+            .token_endpoint(mock.token_endpoint())
+            .build()
+            .unwrap();
+        auth.ready().await.unwrap();
+        let client = auth
+            .layer()
+            .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..100)
+            .map(|i| {
+                let client = client.clone();
+                let done = Arc::clone(&done);
+                let sent = Arc::clone(&sent);
+                let url = format!("{}/Patient/{i}", mock.fhir_base_url());
+                tokio::spawn(async move {
+                    while !done.load(Ordering::Relaxed) {
+                        let request = Request::get(&url).body(Full::default()).unwrap();
+                        let status = client.clone().oneshot(request).await.unwrap().status();
+                        assert_eq!(status, StatusCode::OK, "no request fails");
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            sleep(Duration::from_millis(200)).await;
+            mock.revoke_all_tokens();
+        }
+        // Let the last revocation be noticed, then stop.
+        sleep(Duration::from_millis(200)).await;
+        done.store(true, Ordering::Relaxed);
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        let stats = mock.stats();
+        assert!(
+            sent.load(Ordering::Relaxed) > 1_000,
+            "under load: {} requests",
+            sent.load(Ordering::Relaxed)
+        );
+        assert!(stats.revocations >= 20);
+        assert_eq!(
+            stats.tokens_issued,
+            1 + stats.revocations,
+            "one renewal per revocation, not per request"
+        );
+        assert_eq!(auth.stats().invalidations, stats.revocations);
+    };
+    timeout(Duration::from_secs(30), run)
+        .await
+        .expect("bounded in time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_requests_dropped_mid_refresh_leave_the_cell_healthy() {
+    // Short tokens from a slow source, so that refreshes are in flight all the time; every
+    // request gets a timeout between 1 and 50 ms and most are dropped somewhere inside the layer.
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_millis(200));
+    source.set_delay(Duration::from_millis(30));
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir")
+        .token_source(source.clone())
+        .build()
+        .unwrap();
+    let service = auth
+        .layer()
+        .layer(tower::service_fn(|_request: Request<Full<Bytes>>| async {
+            sleep(Duration::from_millis(5)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+        }));
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*: deterministic "random" timeouts.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..1_000 {
+        let limit = Duration::from_millis(1 + next() % 50);
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = Request::get("https://fhir.example.org/fhir/Patient/1")
+                .body(Full::default())
+                .unwrap();
+            timeout(limit, service.oneshot(request)).await.is_ok()
+        }));
+        sleep(Duration::from_millis(next() % 3)).await;
+    }
+    let mut completed = 0;
+    for task in tasks {
+        completed += usize::from(task.await.unwrap());
+    }
+    assert!(
+        completed < 1_000 && completed > 0,
+        "some dropped, some completed: {completed}"
+    );
+    // The cell is healthy: the next request succeeds, with a usable token.
+    let request = Request::get("https://fhir.example.org/fhir/Patient/1")
+        .body(Full::default())
+        .unwrap();
+    let response = timeout(Duration::from_secs(1), service.oneshot(request)).await;
+    assert_eq!(response.unwrap().unwrap().status(), StatusCode::OK);
+    let stats = auth.stats();
+    assert_eq!(
+        stats.fetches_failed, 0,
+        "no refresh was aborted by a dropped caller"
+    );
+    assert_eq!(
+        stats.fetches_ok,
+        source.fetches_completed(),
+        "every fetch was recorded"
+    );
+    assert!(
+        source.fetches_started() - source.fetches_completed() <= 1,
+        "at most one refresh in flight"
+    );
+}
