@@ -102,7 +102,8 @@ impl FaultProxy {
         match (was_refusing, matches!(mode, Mode::Refuse)) {
             (false, true) => {
                 // Stop listening: connections are refused.
-                if let Some(task) = self.state.lock().unwrap().listener.take() {
+                let task = self.state.lock().unwrap().listener.take();
+                if let Some(task) = task {
                     task.abort();
                     let _ = task.await;
                 }
