@@ -132,6 +132,7 @@ fn handle(
     let mut record = TokenRequest {
         params: params.iter().map(|(key, _)| key.clone()).collect(),
         scope: param("scope").map(str::to_owned),
+        assertion: (!assertion.is_empty()).then(|| assertion.to_owned()),
         assertion_header: decode_part(assertion, 0),
         assertion_claims: decode_part(assertion, 1),
         received_at: Instant::now(),

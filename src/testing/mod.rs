@@ -135,6 +135,8 @@ pub struct TokenRequest {
     pub params: Vec<String>,
     /// The `scope` parameter, if sent.
     pub scope: Option<String>,
+    /// The `client_assertion` as sent (for tests that look for it where it must not be).
+    pub assertion: Option<String>,
     /// The decoded (unverified) assertion header, if there was a decodable assertion.
     pub assertion_header: Option<Value>,
     /// The decoded (unverified) assertion claims, if there was a decodable assertion.
