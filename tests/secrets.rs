@@ -213,7 +213,9 @@ async fn tokens_never_go_over_plain_http_off_loopback_or_to_another_origin() {
         .token_source(FakeTokenSource::new())
         .build()
         .unwrap();
-    let seen: Arc<Mutex<Vec<(String, Option<bool>)>>> = Arc::default();
+    // (URI, whether the Authorization header it got was sensitive).
+    type Seen = Vec<(String, Option<bool>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let recorder = {
         let seen = Arc::clone(&seen);
         tower::service_fn(move |request: Request<Full<Bytes>>| {
