@@ -13,6 +13,7 @@ use crate::layer::{AuthShared, KoppeltaalAuthLayer};
 use crate::scope::FhirScope;
 use crate::service::KoppeltaalAuth;
 use crate::smart;
+use crate::store::{SharedStore, StoreKey, StorePolicy};
 use crate::token::{
     CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
 };
@@ -160,6 +161,8 @@ pub struct KoppeltaalAuthBuilder {
     source: Option<Box<dyn TokenSource>>,
     /// The server clock offset measured during discovery, handed to the token source.
     skew: Option<Arc<crate::clock::ClockSkew>>,
+    shared_store: Option<Box<dyn SharedStore>>,
+    store_policy: StorePolicy,
 }
 
 impl fmt::Debug for KoppeltaalAuthBuilder {
@@ -173,6 +176,7 @@ impl fmt::Debug for KoppeltaalAuthBuilder {
             .field("policy", &self.policy)
             .field("replay_on_401", &!self.no_replay)
             .field("custom_source", &self.source.is_some())
+            .field("shared_store", &self.shared_store.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +263,21 @@ impl KoppeltaalAuthBuilder {
     /// [`KoppeltaalAuthLayer::replay_on_401`].
     pub fn replay_on_401(mut self, enabled: bool) -> Self {
         self.no_replay = !enabled;
+        self
+    }
+
+    /// Shares the token with the other instances of a deployment through `store` (for example
+    /// a `RedisTokenStore`, feature `redis`), so that the whole deployment fetches one token per
+    /// lifetime instead of one per instance. See [`crate::store`].
+    pub fn shared_store(mut self, store: impl SharedStore) -> Self {
+        self.shared_store = Some(Box::new(store));
+        self
+    }
+
+    /// Sets the lease length and timeouts for the shared store. Defaults to
+    /// [`StorePolicy::default`].
+    pub fn store_policy(mut self, policy: StorePolicy) -> Self {
+        self.store_policy = policy;
         self
     }
 
@@ -351,8 +370,18 @@ impl KoppeltaalAuthBuilder {
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {
         let scope = FhirScope::new(base)?;
         let fhir_base: Arc<str> = self.fhir_base.clone().unwrap_or_default().into();
+        let store = self.shared_store.map(|shared| {
+            let key = StoreKey::new(
+                endpoint.clone().unwrap_or_else(|| fhir_base.to_string()),
+                self.client_id
+                    .clone()
+                    .unwrap_or_else(|| "custom-token-source".to_owned()),
+                self.scope.clone(),
+            );
+            (shared.for_key(&key), self.store_policy)
+        });
         let cell = match (self.source, &endpoint) {
-            (Some(source), _) => TokenCell::new(source, self.policy),
+            (Some(source), _) => TokenCell::build(source, self.policy, store),
             (None, Some(endpoint)) => {
                 let mut credentials = ClientCredentials::builder().token_endpoint(endpoint.clone());
                 if let Some(client_id) = self.client_id {
@@ -382,7 +411,7 @@ impl KoppeltaalAuthBuilder {
                 if let Some(skew) = self.skew {
                     credentials = credentials.clock_skew(skew);
                 }
-                TokenCell::new(credentials.build()?, self.policy)
+                TokenCell::build(Box::new(credentials.build()?), self.policy, store)
             }
             (None, None) => return Err(Error::config("token_endpoint is required")),
         };

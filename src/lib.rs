@@ -57,6 +57,7 @@
 //! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
 //!   loopback, and `testing::FakeTokenSource`, for tests.
 //! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`.
+//! - `redis`: `RedisTokenStore`, one token per lifetime for a whole deployment (see [`store`]).
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
 //! [tower]: https://docs.rs/tower
@@ -79,6 +80,7 @@ mod service;
 pub mod future;
 pub mod jwks;
 pub mod smart;
+pub mod store;
 pub mod token;
 
 #[cfg(feature = "test-util")]
@@ -86,6 +88,8 @@ pub mod testing;
 
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 #[cfg(test)]
 mod proptests;
@@ -109,6 +113,8 @@ pub use crate::token::{
 
 #[cfg(feature = "reqwest-middleware")]
 pub use crate::middleware::KoppeltaalAuthMiddleware;
+#[cfg(feature = "redis")]
+pub use crate::redis_store::RedisTokenStore;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

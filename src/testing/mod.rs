@@ -37,6 +37,7 @@ mod auth;
 mod body;
 mod fake;
 mod fhir;
+mod memory_store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -54,6 +55,7 @@ use crate::key::{Algorithm, SigningKey};
 
 pub use body::MockResponse;
 pub use fake::FakeTokenSource;
+pub use memory_store::MemoryTokenStore;
 
 /// Path of the token endpoint on the mock.
 const TOKEN_PATH: &str = "/oauth2/token";

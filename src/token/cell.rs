@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::policy::RefreshPolicy;
+use super::shared_fetch::{self, Via};
 use super::{AccessToken, TokenSource};
 use crate::error::{Error, ErrorKind};
+use crate::store::{StorePolicy, TokenStore};
 
 /// The shared, self-refreshing access token of one client at one token endpoint.
 ///
@@ -121,6 +123,10 @@ pub struct CellStats {
     pub time_to_expiry: Option<Duration>,
     /// Failed attempts since the last success.
     pub consecutive_failures: u32,
+    /// Tokens taken from the shared store (fetched by another instance).
+    pub adopted_from_store: u64,
+    /// Refreshes that fetched alone because the shared store was unavailable.
+    pub store_unavailable: u64,
 }
 
 /// A token in the cell, with the instants that govern it.
@@ -154,6 +160,7 @@ type Flight = watch::Receiver<Option<Outcome>>;
 struct Shared {
     current: ArcSwapOption<CachedToken>,
     source: Box<dyn TokenSource>,
+    store: Option<(Box<dyn TokenStore>, StorePolicy)>,
     policy: RefreshPolicy,
     sched: Mutex<Sched>,
     /// Nanoseconds after `epoch` before which the fast path does not try to start a refresh:
@@ -168,6 +175,8 @@ struct Shared {
     fetches_failed: AtomicU64,
     waits: AtomicU64,
     invalidations: AtomicU64,
+    adopted: AtomicU64,
+    store_unavailable: AtomicU64,
 }
 
 #[derive(Default)]
@@ -178,6 +187,9 @@ struct Sched {
     last_error: Option<Error>,
     young_rejections: u32,
     generation: u64,
+    /// SHA-256 of the token the server last rejected, so that it is never taken back from a
+    /// shared store.
+    rejected: Option<[u8; 32]>,
 }
 
 /// Why a refresh starts (for tracing).
@@ -213,10 +225,35 @@ impl TokenCell {
     /// A cell that gets its tokens from `source`. The first token is fetched on first use (or by
     /// [`ready`](Self::ready)).
     pub fn new(source: impl TokenSource, policy: RefreshPolicy) -> Self {
+        Self::build(Box::new(source), policy, None)
+    }
+
+    /// A cell that shares its token with other instances through `store` (see
+    /// [`TokenStore`](crate::store::TokenStore)): at a refresh point one instance fetches and the
+    /// others take its token from the store; when the store fails, the cell fetches on its own.
+    pub fn with_store(
+        source: impl TokenSource,
+        policy: RefreshPolicy,
+        store: impl TokenStore,
+        store_policy: StorePolicy,
+    ) -> Self {
+        Self::build(
+            Box::new(source),
+            policy,
+            Some((Box::new(store), store_policy)),
+        )
+    }
+
+    pub(crate) fn build(
+        source: Box<dyn TokenSource>,
+        policy: RefreshPolicy,
+        store: Option<(Box<dyn TokenStore>, StorePolicy)>,
+    ) -> Self {
         let cell = Self {
             shared: Arc::new(Shared {
                 current: ArcSwapOption::empty(),
-                source: Box::new(source),
+                source,
+                store,
                 policy,
                 sched: Mutex::new(Sched::default()),
                 quiet_until: AtomicU64::new(0),
@@ -227,6 +264,8 @@ impl TokenCell {
                 fetches_failed: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
                 invalidations: AtomicU64::new(0),
+                adopted: AtomicU64::new(0),
+                store_unavailable: AtomicU64::new(0),
             }),
         };
         cell.shared.ensure_background();
@@ -349,6 +388,8 @@ impl TokenCell {
                 .as_ref()
                 .map(|cached| cached.token.expires_at().saturating_duration_since(now)),
             consecutive_failures,
+            adopted_from_store: shared.adopted.load(Ordering::Relaxed),
+            store_unavailable: shared.store_unavailable.load(Ordering::Relaxed),
         }
     }
 
@@ -590,6 +631,7 @@ impl Shared {
                 "token rejected by the server: renewing"
             );
         }
+        sched.rejected = Some(shared_fetch::digest(cached.token.as_str()));
         let _ = self.current.compare_and_swap(&*guard, None);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         self.set_quiet(&sched);
@@ -675,6 +717,43 @@ impl Shared {
             clock_free: AtomicBool::new(clock_free),
         })));
         Ok(())
+    }
+
+    /// A refresh through the shared store: counts how it went.
+    async fn refresh_through(
+        &self,
+        store: &dyn TokenStore,
+        store_policy: StorePolicy,
+    ) -> Result<AccessToken, Error> {
+        let now = Instant::now();
+        let current = self.current.load().as_ref().map(|cached| {
+            (
+                shared_fetch::digest(cached.token.as_str()),
+                std::time::SystemTime::now()
+                    + cached.token.expires_at().saturating_duration_since(now),
+            )
+        });
+        let rejected = self.lock().rejected;
+        let context = shared_fetch::Context {
+            source: &*self.source,
+            store,
+            store_policy,
+            policy: &self.policy,
+            current,
+            rejected,
+        };
+        let (result, via) = context.refresh().await;
+        match via {
+            Via::Adopted => {
+                self.adopted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("took the token another instance published");
+            }
+            Via::Fallback => {
+                self.store_unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+            Via::Fetched => {}
+        }
+        result
     }
 
     fn ensure_background(self: &Arc<Self>) {
@@ -778,7 +857,10 @@ async fn run_flight(shared: Arc<Shared>, tx: watch::Sender<Option<Outcome>>, rea
     let span = tracing::debug_span!("token_refresh", reason = ?reason);
     let result = async {
         tracing::debug!("requesting a new token");
-        shared.source.fetch().await
+        match &shared.store {
+            None => shared.source.fetch().await,
+            Some((store, store_policy)) => shared.refresh_through(&**store, *store_policy).await,
+        }
     }
     .instrument(span)
     .await;

@@ -4,6 +4,7 @@ mod cell;
 mod client;
 mod policy;
 mod response;
+mod shared_fetch;
 
 use std::fmt;
 use std::future::Future;

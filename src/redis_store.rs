@@ -1,0 +1,222 @@
+//! `RedisTokenStore` (feature `redis`): one token per lifetime for a whole deployment.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind};
+use crate::store::{SharedStore, StoreKey, StoredToken, TokenStore};
+use crate::token::BoxFuture;
+
+/// Shares tokens between the instances of a deployment through Redis (feature `redis`).
+///
+/// Each (token endpoint, client id, scope) has one key holding the current token and its
+/// absolute expiry, with the key's TTL set to that expiry, and one lease key (`SET NX PX` with a
+/// random owner, deleted only by its owner) that lets exactly one instance fetch at a refresh
+/// point. Hand it to [`KoppeltaalAuthBuilder::shared_store`](crate::KoppeltaalAuthBuilder::shared_store).
+///
+/// Redis being down or slow never fails a request: every operation is bounded (300 ms by
+/// default, see [`StorePolicy`](crate::store::StorePolicy)) and the instance then fetches on its
+/// own, with a `tracing` warning.
+///
+/// # Security
+///
+/// The stored tokens are the same bearer credentials the cell keeps in memory. Use a Redis ACL
+/// user limited to the key prefix (`~koppeltaal-auth:*`), TLS (`rediss://`), and a Redis that
+/// only your instances reach. The URL (which may hold a password) and the tokens are never
+/// logged or shown in `Debug`.
+///
+/// # Example
+///
+/// ```no_run
+/// use koppeltaal_auth::{KoppeltaalAuth, RedisTokenStore, SigningKey};
+///
+/// # async fn run(key: SigningKey) -> Result<(), koppeltaal_auth::BoxError> {
+/// let store = RedisTokenStore::new("rediss://koppeltaal-app:secret@redis.internal:6380/0")?;
+/// let auth = KoppeltaalAuth::builder()
+///     .fhir_base_url("https://fhir.example.org/fhir/DEFAULT")
+///     .client_id("my-client-id")
+///     .signing_key(key)
+///     .shared_store(store)
+///     .discover()
+///     .await?;
+/// # let _ = auth;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisTokenStore {
+    manager: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+impl fmt::Debug for RedisTokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTokenStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn redis_error(what: &'static str, err: redis::RedisError) -> Error {
+    Error::new(ErrorKind::Transport, what).with_source(err)
+}
+
+impl RedisTokenStore {
+    /// A store at `url` (`redis://` or `rediss://`), connected lazily: nothing is sent until
+    /// the first refresh, so an application starts even while Redis is down. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] when the URL is not a Redis URL.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|err| Error::config("invalid Redis URL").with_source(err))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(250)))
+            .set_response_timeout(Some(Duration::from_millis(250)))
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|err| Error::config("cannot set up the Redis connection").with_source(err))?;
+        Ok(Self {
+            manager,
+            prefix: Arc::from("koppeltaal-auth"),
+        })
+    }
+
+    /// Sets the key prefix. Defaults to `koppeltaal-auth`.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+}
+
+impl SharedStore for RedisTokenStore {
+    fn for_key(&self, key: &StoreKey) -> Box<dyn TokenStore> {
+        // One hashed key per (endpoint, client, scope): fixed length, nothing to escape.
+        let material = format!(
+            "{}\n{}\n{}",
+            key.token_endpoint(),
+            key.client_id(),
+            key.scope().unwrap_or("")
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
+        let id: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Box::new(RedisKeyStore {
+            manager: self.manager.clone(),
+            token_key: format!("{}:token:{id}", self.prefix),
+            lease_key: format!("{}:lease:{id}", self.prefix),
+        })
+    }
+}
+
+/// The store of one key.
+struct RedisKeyStore {
+    manager: ConnectionManager,
+    token_key: String,
+    lease_key: String,
+}
+
+/// The stored value.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    access_token: String,
+    expires_at_ms: u64,
+    lifetime_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+impl TokenStore for RedisKeyStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
+        Box::pin(async move {
+            let mut connection = self.manager.clone();
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&self.token_key)
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| redis_error("Redis GET failed", err))?;
+            // An entry that does not parse is ignored (and replaced at the next refresh).
+            Ok(value
+                .and_then(|json| serde_json::from_str::<Entry>(&json).ok())
+                .map(|entry| {
+                    StoredToken::new(
+                        entry.access_token,
+                        UNIX_EPOCH + Duration::from_millis(entry.expires_at_ms),
+                        Duration::from_millis(entry.lifetime_ms),
+                        entry.scope,
+                    )
+                }))
+        })
+    }
+
+    fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let Ok(ttl) = token.expires_at().duration_since(SystemTime::now()) else {
+                return Ok(());
+            };
+            let entry = Entry {
+                access_token: token.token().to_owned(),
+                expires_at_ms: millis(token.expires_at()),
+                lifetime_ms: u64::try_from(token.lifetime().as_millis()).unwrap_or(u64::MAX),
+                scope: token.scope().map(str::to_owned),
+            };
+            let json = serde_json::to_string(&entry).map_err(|err| {
+                Error::new(ErrorKind::Transport, "cannot encode the token").with_source(err)
+            })?;
+            let mut connection = self.manager.clone();
+            redis::cmd("SET")
+                .arg(&self.token_key)
+                .arg(json)
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|err| redis_error("Redis SET failed", err))
+        })
+    }
+
+    fn try_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            let owner = uuid::Uuid::new_v4().to_string();
+            let mut connection = self.manager.clone();
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&self.lease_key)
+                .arg(&owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .query_async(&mut connection)
+                .await
+                .map_err(|err| redis_error("Redis SET NX failed", err))?;
+            Ok(taken.map(|_| owner))
+        })
+    }
+
+    fn release_lease<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut connection = self.manager.clone();
+            redis::Script::new(RELEASE)
+                .key(&self.lease_key)
+                .arg(owner)
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(|err| redis_error("Redis lease release failed", err))
+        })
+    }
+}

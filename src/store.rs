@@ -1,0 +1,198 @@
+//! Sharing tokens between instances: the `TokenStore` extension point.
+//!
+//! By default every [`TokenCell`](crate::TokenCell) keeps its token in local memory only, and a
+//! deployment of N instances fetches N tokens per lifetime. With a store, the instances share one
+//! token: at a refresh point one instance takes a short lease and fetches, the others wait for
+//! the new token to appear in the store, and an instance whose store is slow or down falls back
+//! to fetching on its own. The store is consulted only when a token is needed, never on the
+//! request fast path. `RedisTokenStore` (feature `redis`) is the implementation this crate ships.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+use crate::token::BoxFuture;
+
+/// A token as it is shared: the value, its absolute (wall-clock) expiry, and the lifetime it was
+/// issued with.
+///
+/// # Security
+///
+/// It holds the bearer token: `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    token: String,
+    expires_at: SystemTime,
+    lifetime: Duration,
+    scope: Option<String>,
+}
+
+impl StoredToken {
+    /// A shared token that expires at `expires_at` and was issued for `lifetime`.
+    #[must_use]
+    pub fn new(
+        token: impl Into<String>,
+        expires_at: SystemTime,
+        lifetime: Duration,
+        scope: Option<String>,
+    ) -> Self {
+        Self {
+            token: token.into(),
+            expires_at,
+            lifetime,
+            scope,
+        }
+    }
+
+    /// The token.
+    #[must_use]
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// When it expires.
+    #[must_use]
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    /// The lifetime it was issued with.
+    #[must_use]
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The scope it was granted, if known.
+    #[must_use]
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("lifetime", &self.lifetime)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Where instances share the token of one client at one token endpoint.
+///
+/// Implementations keep one token per key and a lease (a short exclusive claim with an owner),
+/// with these semantics:
+///
+/// - [`load`](Self::load): the stored token, or `None`;
+/// - [`save`](Self::save): replace the stored token, kept until it expires;
+/// - [`try_lease`](Self::try_lease): take the lease for `ttl` if nobody holds it, returning a
+///   fresh owner value, else `None`;
+/// - [`release_lease`](Self::release_lease): give the lease back, only if `owner` still holds it.
+///
+/// Errors are treated as "the store is unavailable": the cell then fetches on its own.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The shared token, if there is one.
+    fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>>;
+
+    /// Publishes `token`.
+    fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Takes the refresh lease for `ttl` if it is free: `Some(owner)`, else `None`.
+    fn try_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<Option<String>, Error>>;
+
+    /// Releases the lease if `owner` still holds it.
+    fn release_lease<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// What a shared token belongs to: the token endpoint, the client id, and the requested scope.
+/// Stores key their entries by it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    token_endpoint: String,
+    client_id: String,
+    scope: Option<String>,
+}
+
+impl StoreKey {
+    /// The key for `client_id` at `token_endpoint` requesting `scope`.
+    #[must_use]
+    pub fn new(
+        token_endpoint: impl Into<String>,
+        client_id: impl Into<String>,
+        scope: Option<String>,
+    ) -> Self {
+        Self {
+            token_endpoint: token_endpoint.into(),
+            client_id: client_id.into(),
+            scope,
+        }
+    }
+
+    /// The token endpoint.
+    #[must_use]
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    /// The client id.
+    #[must_use]
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The requested scope.
+    #[must_use]
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+}
+
+/// A store that can hold the tokens of any client: the builder binds it to the client's
+/// [`StoreKey`] once the token endpoint is known (after discovery).
+pub trait SharedStore: Send + Sync + 'static {
+    /// The store for one key.
+    fn for_key(&self, key: &StoreKey) -> Box<dyn TokenStore>;
+}
+
+/// How a cell uses its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct StorePolicy {
+    pub(crate) lease: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) poll_interval: Duration,
+}
+
+impl Default for StorePolicy {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            operation_timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl StorePolicy {
+    /// How long one instance may hold the refresh lease; others wait that long for its token
+    /// before fetching themselves. Defaults to 15 s (longer than a token request's timeout).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long one store operation may take before the store counts as unavailable. Defaults
+    /// to 300 ms.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// How often an instance waiting for another's token looks in the store. Defaults to 50 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+}

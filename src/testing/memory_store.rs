@@ -1,0 +1,121 @@
+//! `MemoryTokenStore`: an in-process `TokenStore` shared by several cells, for tests.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::error::{Error, ErrorKind};
+use crate::store::{StoredToken, TokenStore};
+use crate::token::BoxFuture;
+
+/// A [`TokenStore`] in memory, shared by every clone: several cells built with clones of one
+/// `MemoryTokenStore` behave like instances sharing a Redis. It can be made unavailable, and a
+/// lease can be taken by a pretend instance that then "dies".
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTokenStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    token: Option<StoredToken>,
+    lease: Option<(String, Instant)>,
+    down: bool,
+    saves: u64,
+    leases_taken: u64,
+}
+
+impl MemoryTokenStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes every operation fail (`true`) or work again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Takes the lease for `ttl` as an instance that will never publish nor release.
+    pub fn take_lease_and_die(&self, ttl: Duration) {
+        self.lock().lease = Some(("dead-instance".to_owned(), Instant::now() + ttl));
+    }
+
+    /// Tokens published so far.
+    #[must_use]
+    pub fn saves(&self) -> u64 {
+        self.lock().saves
+    }
+
+    /// Leases granted so far.
+    #[must_use]
+    pub fn leases_taken(&self) -> u64 {
+        self.lock().leases_taken
+    }
+
+    /// The stored token's expiry, if there is one.
+    #[must_use]
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.lock().token.as_ref().map(StoredToken::expires_at)
+    }
+
+    fn check(&self) -> Result<MutexGuard<'_, Inner>, Error> {
+        let inner = self.lock();
+        if inner.down {
+            Err(Error::new(ErrorKind::Transport, "memory store is down"))
+        } else {
+            Ok(inner)
+        }
+    }
+}
+
+impl TokenStore for MemoryTokenStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
+        Box::pin(async move {
+            let inner = self.check()?;
+            Ok(inner
+                .token
+                .clone()
+                .filter(|token| token.expires_at() > SystemTime::now()))
+        })
+    }
+
+    fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut inner = self.check()?;
+            inner.token = Some(token.clone());
+            inner.saves += 1;
+            Ok(())
+        })
+    }
+
+    fn try_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async move {
+            let mut inner = self.check()?;
+            let now = Instant::now();
+            if inner.lease.as_ref().is_some_and(|(_, until)| *until > now) {
+                return Ok(None);
+            }
+            let owner = uuid::Uuid::new_v4().to_string();
+            inner.lease = Some((owner.clone(), now + ttl));
+            inner.leases_taken += 1;
+            Ok(Some(owner))
+        })
+    }
+
+    fn release_lease<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut inner = self.check()?;
+            if inner.lease.as_ref().is_some_and(|(held, _)| held == owner) {
+                inner.lease = None;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Fleet mode with an in-memory `TokenStore` shared by several cells (as instances sharing a
+//! Redis would): one fetch per refresh period for all, a dead lease holder replaced, a store
+//! outage costing nothing but sharing, and a rejected token never taken back from the store.
+//! Real time with 1 s tokens: the store keeps absolute (wall-clock) expiries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use koppeltaal_auth::store::StorePolicy;
+use koppeltaal_auth::testing::{FakeTokenSource, MemoryTokenStore};
+use koppeltaal_auth::{RefreshPolicy, TokenCell};
+use tokio::time::{Instant, sleep, timeout};
+
+fn store_policy() -> StorePolicy {
+    StorePolicy::default()
+        .lease(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(20))
+}
+
+fn cells(n: usize, source: &FakeTokenSource, store: &MemoryTokenStore) -> Vec<TokenCell> {
+    (0..n)
+        .map(|_| {
+            TokenCell::with_store(
+                source.clone(),
+                RefreshPolicy::default(),
+                store.clone(),
+                store_policy(),
+            )
+        })
+        .collect()
+}
+
+/// Callers on every cell for `run`; panics if any call fails.
+async fn hammer(cells: &[TokenCell], run: Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = cells
+        .iter()
+        .flat_map(|cell| (0..3).map(move |_| cell.clone()))
+        .map(|cell| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    cell.token().await.expect("no request fails");
+                    sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    sleep(run).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_instances_fetch_one_token_per_refresh_period() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(1));
+    let store = MemoryTokenStore::new();
+    let fleet = cells(8, &source, &store);
+    timeout(
+        Duration::from_secs(30),
+        hammer(&fleet, Duration::from_secs(8)),
+    )
+    .await
+    .expect("bounded");
+    let fetches = source.fetches_started();
+    let instants = source.fetch_instants();
+    // 1 s tokens are refreshed 0.5-0.6 s before expiry: one fetch every 0.4-0.5 s.
+    for pair in instants.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(350),
+            "two fetches {gap:?} apart: one per refresh point"
+        );
+    }
+    assert!(
+        (14..=22).contains(&fetches),
+        "one fetch per refresh period over 8 s: {fetches}"
+    );
+    assert_eq!(store.saves(), fetches, "every fetched token was published");
+    let adopted: u64 = fleet
+        .iter()
+        .map(|cell| cell.stats().adopted_from_store)
+        .sum();
+    let installed: u64 = fleet.iter().map(|cell| cell.stats().fetches_ok).sum();
+    assert_eq!(
+        installed,
+        fetches + adopted,
+        "each instance used each token once"
+    );
+    assert!(
+        adopted >= 6 * fetches,
+        "the others took it from the store: {adopted} for {fetches}"
+    );
+    assert!(fleet.iter().all(|cell| cell.stats().adopted_from_store > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_is_replaced_within_the_lease_time() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(60));
+    let store = MemoryTokenStore::new();
+    store.take_lease_and_die(Duration::from_millis(500));
+    let cell = TokenCell::with_store(
+        source.clone(),
+        RefreshPolicy::default(),
+        store.clone(),
+        store_policy(),
+    );
+    let started = Instant::now();
+    cell.token().await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(480) && waited < Duration::from_millis(900),
+        "waited out the lease, then fetched: {waited:?}"
+    );
+    assert_eq!(source.fetches_started(), 1);
+    assert_eq!(store.saves(), 1, "and published for the others");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_costs_sharing_not_requests() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(1));
+    let store = MemoryTokenStore::new();
+    let fleet = cells(4, &source, &store);
+    hammer(&fleet, Duration::from_millis(1_500)).await;
+    let shared_phase = source.fetches_started();
+    store.set_down(true);
+    hammer(&fleet, Duration::from_secs(2)).await;
+    let unavailable: u64 = fleet
+        .iter()
+        .map(|cell| cell.stats().store_unavailable)
+        .sum();
+    assert!(
+        unavailable >= 4,
+        "every instance fell back at least once: {unavailable}"
+    );
+    let outage = source.fetches_started() - shared_phase;
+    assert!(
+        outage >= 4,
+        "during the outage each instance fetched for itself: {outage}"
+    );
+    store.set_down(false);
+    let before = source.fetches_started();
+    hammer(&fleet, Duration::from_secs(3)).await;
+    let after = source.fetches_started() - before;
+    assert!(
+        after <= 8,
+        "sharing resumed: {after} fetches in 3 s for 4 instances"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_is_not_taken_back_from_the_store() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(60));
+    let store = MemoryTokenStore::new();
+    let fleet = cells(2, &source, &store);
+    let first = fleet[0].token().await.unwrap();
+    let adopted = fleet[1].token().await.unwrap();
+    assert_eq!(
+        source.fetches_started(),
+        1,
+        "the second instance took the first one's token"
+    );
+    assert_eq!(fleet[1].stats().adopted_from_store, 1);
+    // The server rejects it at instance 1: instance 1 must fetch, not adopt it back.
+    let renewed = fleet[1].renewed(adopted.generation()).await.unwrap();
+    assert_eq!(source.fetches_started(), 2);
+    assert_ne!(renewed.value(), first.value());
+    // Instance 0, rejected too, takes the renewed token from the store.
+    let zero = fleet[0].renewed(first.generation()).await.unwrap();
+    assert_eq!(zero.value(), renewed.value());
+    assert_eq!(source.fetches_started(), 2);
+}
