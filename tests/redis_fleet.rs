@@ -1,0 +1,302 @@
+//! Fleet mode against a real `redis-server`: instances on separate runtimes (as separate
+//! processes would be) sharing tokens through `RedisTokenStore`.
+//!
+//! Skipped, with a message, unless `KOPPELTAAL_REDIS_URL` is set (`.ci/run` starts a
+//! `redis-server` on a free loopback port and sets it). The outage test starts its own
+//! `redis-server`, so that it can stop it; it is skipped when the binary is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use koppeltaal_auth::store::{SharedStore, StoreKey, StorePolicy};
+use koppeltaal_auth::testing::MockKoppeltaal;
+use koppeltaal_auth::{KoppeltaalAuth, RedisTokenStore, RefreshPolicy};
+use support::{CLIENT_ID, rsa_key};
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("KOPPELTAAL_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!(
+            "skipped: no Redis (set KOPPELTAAL_REDIS_URL, e.g. redis://127.0.0.1:6379; .ci/run does)"
+        );
+    }
+    url
+}
+
+/// A unique key prefix per test, so that tests sharing one Redis do not meet.
+fn prefix() -> String {
+    format!("kt-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One instance: its own thread and runtime, a cell sharing tokens through Redis, three
+/// callers asking for the token until `stop`. Returns (calls, failed calls, adopted, fetched).
+fn instance(
+    redis: String,
+    prefix: String,
+    endpoint: String,
+    fhir_base: String,
+    store_policy: StorePolicy,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64, u64, u64)> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let store = RedisTokenStore::new(&redis).unwrap().with_prefix(&prefix);
+            let auth = KoppeltaalAuth::builder()
+                .fhir_base_url(fhir_base)
+                .client_id(CLIENT_ID)
+                .signing_key(rsa_key())
+                .token_endpoint(endpoint)
+                .refresh_policy(RefreshPolicy::default())
+                .shared_store(store)
+                .store_policy(store_policy)
+                .build()
+                .unwrap();
+            let callers: Vec<_> = (0..3)
+                .map(|_| {
+                    let auth = auth.clone();
+                    let stop = Arc::clone(&stop);
+                    tokio::spawn(async move {
+                        let (mut calls, mut failed) = (0, 0);
+                        while !stop.load(Ordering::Relaxed) {
+                            calls += 1;
+                            if auth.token().await.is_err() {
+                                failed += 1;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        (calls, failed)
+                    })
+                })
+                .collect();
+            let (mut calls, mut failed) = (0, 0);
+            for caller in callers {
+                let (c, f) = caller.await.unwrap();
+                calls += c;
+                failed += f;
+            }
+            let stats = auth.stats();
+            (
+                calls,
+                failed,
+                stats.adopted_from_store,
+                stats.fetches_ok - stats.adopted_from_store,
+            )
+        })
+    })
+}
+
+fn fleet_policy() -> StorePolicy {
+    StorePolicy::default()
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_instances_over_twenty_lifetimes_make_one_token_request_per_lifetime() {
+    let Some(redis) = redis_url() else { return };
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefix = prefix();
+    let instances: Vec<_> = (0..8)
+        .map(|_| {
+            instance(
+                redis.clone(),
+                prefix.clone(),
+                mock.token_endpoint(),
+                mock.fhir_base_url(),
+                fleet_policy(),
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = instances.into_iter().map(|i| i.join().unwrap()).collect();
+    let failed: u64 = results.iter().map(|r| r.1).sum();
+    let fetched: u64 = results.iter().map(|r| r.3).sum();
+    assert_eq!(failed, 0, "no call failed");
+    let stats = mock.stats();
+    assert_eq!(stats.token_requests_failed, 0);
+    assert_eq!(
+        stats.token_requests, fetched,
+        "every token request was one instance's fetch"
+    );
+    // 1 s tokens are refreshed 0.5-0.6 s ahead: a request every 0.4-0.5 s for the whole fleet,
+    // never two for one refresh point.
+    let requests = mock.token_requests();
+    for pair in requests.windows(2) {
+        let gap = pair[1].received_at - pair[0].received_at;
+        assert!(
+            gap >= Duration::from_millis(350),
+            "two token requests {gap:?} apart"
+        );
+    }
+    assert!(
+        (35..=55).contains(&stats.token_requests),
+        "over 20 lifetimes: {}",
+        stats.token_requests
+    );
+    assert!(
+        results.iter().all(|r| r.2 > 0),
+        "every instance took tokens from Redis"
+    );
+    eprintln!(
+        "fleet of 8, 20 s of 1 s tokens: {} token requests with the shared store (each instance alone would make about {})",
+        stats.token_requests,
+        8 * stats.token_requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_that_dies_is_replaced_within_the_lease_time() {
+    let Some(redis) = redis_url() else { return };
+    let mock = MockKoppeltaal::start().await.unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let prefix = prefix();
+    // Another instance takes the lease and dies without publishing or releasing it.
+    let store = RedisTokenStore::new(&redis).unwrap().with_prefix(&prefix);
+    let key = StoreKey::new(mock.token_endpoint(), CLIENT_ID, None);
+    let dying = store.for_key(&key);
+    let lease = Duration::from_millis(800);
+    assert!(dying.try_lease(lease).await.unwrap().is_some());
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(CLIENT_ID)
+        .signing_key(rsa_key())
+        .token_endpoint(mock.token_endpoint())
+        .shared_store(store)
+        .store_policy(
+            StorePolicy::default()
+                .lease(lease)
+                .poll_interval(Duration::from_millis(20)),
+        )
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    auth.ready().await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(750) && waited < lease + Duration::from_millis(700),
+        "took over after the lease: {waited:?}"
+    );
+    assert_eq!(mock.stats().token_requests, 1);
+    // It published the token for the others.
+    assert!(dying.load().await.unwrap().is_some());
+}
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { child, url });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_fails_no_request() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(mut redis) = PrivateRedis::start() else {
+        eprintln!("skipped: no redis-server binary to start and stop");
+        return;
+    };
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefix = prefix();
+    let instances: Vec<_> = (0..3)
+        .map(|_| {
+            instance(
+                redis.url.clone(),
+                prefix.clone(),
+                mock.token_endpoint(),
+                mock.fhir_base_url(),
+                fleet_policy(),
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before_outage = mock.stats().token_requests;
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = instances.into_iter().map(|i| i.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().map(|r| r.1).sum::<u64>(),
+        0,
+        "no call failed"
+    );
+    assert!(
+        results.iter().map(|r| r.0).sum::<u64>() > 300,
+        "calls were made throughout"
+    );
+    let during_outage = mock.stats().token_requests - before_outage;
+    assert!(
+        during_outage >= 3,
+        "each instance fetched for itself without Redis: {during_outage}"
+    );
+}
