@@ -15,7 +15,7 @@ use crate::service::KoppeltaalAuth;
 use crate::smart;
 use crate::store::{SharedStore, StoreKey, StorePolicy};
 use crate::token::{
-    CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
+    CellStats, ClientCredentialsBuilder, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
 };
 
 impl KoppeltaalAuth<()> {
@@ -147,20 +147,11 @@ impl fmt::Debug for Authenticator {
 #[must_use]
 pub struct KoppeltaalAuthBuilder {
     fhir_base: Option<String>,
-    client_id: Option<String>,
-    keys: Option<KeySet>,
-    token_endpoint: Option<String>,
-    scope: Option<String>,
-    assertion_lifetime: Option<Duration>,
-    iat_backdate: Option<Duration>,
-    default_token_lifetime: Option<Duration>,
-    request_timeout: Option<Duration>,
-    http: Option<reqwest::Client>,
+    /// Everything about the token request itself.
+    credentials: ClientCredentialsBuilder,
     policy: RefreshPolicy,
     no_replay: bool,
     source: Option<Box<dyn TokenSource>>,
-    /// The server clock offset measured during discovery, handed to the token source.
-    skew: Option<Arc<crate::clock::ClockSkew>>,
     shared_store: Option<Box<dyn SharedStore>>,
     store_policy: StorePolicy,
 }
@@ -169,10 +160,7 @@ impl fmt::Debug for KoppeltaalAuthBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KoppeltaalAuthBuilder")
             .field("fhir_base", &self.fhir_base)
-            .field("client_id", &self.client_id)
-            .field("keys", &self.keys)
-            .field("token_endpoint", &self.token_endpoint)
-            .field("scope", &self.scope)
+            .field("credentials", &self.credentials)
             .field("policy", &self.policy)
             .field("replay_on_401", &!self.no_replay)
             .field("custom_source", &self.source.is_some())
@@ -192,64 +180,64 @@ impl KoppeltaalAuthBuilder {
 
     /// Sets the client id the application got from Koppeltaal domain management.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.credentials = self.credentials.client_id(client_id);
         self
     }
 
     /// Sets the key that signs client assertions; its public half must be in the JWK Set
     /// registered for the application.
     pub fn signing_key(mut self, key: SigningKey) -> Self {
-        self.keys = Some(KeySet::new(key));
+        self.credentials = self.credentials.signing_key(key);
         self
     }
 
     /// Signs with the active key of a [`KeySet`], for key rotation without a restart. Serve the
     /// same set with [`JwksService`](crate::jwks::JwksService).
     pub fn key_set(mut self, keys: KeySet) -> Self {
-        self.keys = Some(keys);
+        self.credentials = self.credentials.key_set(keys);
         self
     }
 
     /// Sets the token endpoint, overriding discovery. Used byte for byte as the assertion `aud`.
     pub fn token_endpoint(mut self, url: impl Into<String>) -> Self {
-        self.token_endpoint = Some(url.into());
+        self.credentials = self.credentials.token_endpoint(url);
         self
     }
 
     /// Sends `scope` with token requests. Not sent by default (Koppeltaal ignores it).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Some(scope.into());
+        self.credentials = self.credentials.scope(scope);
         self
     }
 
     /// Sets the client assertion lifetime. Defaults to 60 s; at most 300 s.
     pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
-        self.assertion_lifetime = Some(lifetime);
+        self.credentials = self.credentials.assertion_lifetime(lifetime);
         self
     }
 
     /// Sets how far `iat` is back-dated. Defaults to 5 s.
     pub fn iat_backdate(mut self, backdate: Duration) -> Self {
-        self.iat_backdate = Some(backdate);
+        self.credentials = self.credentials.iat_backdate(backdate);
         self
     }
 
     /// Sets the lifetime assumed when a token response has no `expires_in`. Defaults to 300 s.
     pub fn default_token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.default_token_lifetime = Some(lifetime);
+        self.credentials = self.credentials.default_token_lifetime(lifetime);
         self
     }
 
     /// Sets the timeout of one token or discovery request. Defaults to 10 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = Some(timeout);
+        self.credentials = self.credentials.request_timeout(timeout);
         self
     }
 
     /// Uses this reqwest client for token and discovery requests (configure it not to follow
     /// redirects). By default one without redirects, proxy or cookies is built.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+        self.credentials = self.credentials.http_client(client);
         self
     }
 
@@ -298,9 +286,9 @@ impl KoppeltaalAuthBuilder {
     /// out of range (an assertion lifetime over 300 s, ...).
     pub fn build(self) -> Result<Authenticator, Error> {
         let base = self.base()?;
-        let endpoint = match (&self.source, &self.token_endpoint) {
+        let endpoint = match (&self.source, self.credentials.get_token_endpoint()) {
             (Some(_), _) => None,
-            (None, Some(endpoint)) => Some(endpoint.clone()),
+            (None, Some(endpoint)) => Some(endpoint.to_owned()),
             (None, None) => {
                 return Err(Error::config(
                     "token_endpoint is required for build(); use discover() to read it from the \
@@ -321,13 +309,13 @@ impl KoppeltaalAuthBuilder {
     /// algorithms and the key's is not among them.
     pub async fn discover(self) -> Result<Authenticator, Error> {
         let base = self.base()?;
-        if self.source.is_some() || self.token_endpoint.is_some() {
+        if self.source.is_some() || self.credentials.get_token_endpoint().is_some() {
             return self.build();
         }
-        let http = self.http_client_or_default()?;
+        let http = self.credentials.http_client_or_default()?;
         let skew = Arc::new(crate::clock::ClockSkew::default());
         let config = smart::discover_observing(&http, base.as_str(), Some(&skew)).await?;
-        if let Some(key) = self.keys.as_ref().map(KeySet::signing_key)
+        if let Some(key) = self.credentials.get_keys().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {
             return Err(Error::new(
@@ -343,8 +331,7 @@ impl KoppeltaalAuthBuilder {
             ));
         }
         let mut builder = self;
-        builder.http = Some(http);
-        builder.skew = Some(skew);
+        builder.credentials = builder.credentials.http_client(http).clock_skew(skew);
         builder.finish(&base, Some(config.token_endpoint))
     }
 
@@ -357,61 +344,24 @@ impl KoppeltaalAuthBuilder {
             .map_err(|err| Error::config("FHIR base URL is not an absolute URL").with_source(err))
     }
 
-    fn http_client_or_default(&self) -> Result<reqwest::Client, Error> {
-        match &self.http {
-            Some(http) => Ok(http.clone()),
-            None => crate::fetch::default_client(
-                self.request_timeout
-                    .unwrap_or(crate::fetch::DEFAULT_REQUEST_TIMEOUT),
-            ),
-        }
-    }
-
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {
         let scope = FhirScope::new(base)?;
         let fhir_base: Arc<str> = self.fhir_base.clone().unwrap_or_default().into();
         let store = self.shared_store.map(|shared| {
             let key = StoreKey::new(
                 endpoint.clone().unwrap_or_else(|| fhir_base.to_string()),
-                self.client_id
-                    .clone()
-                    .unwrap_or_else(|| "custom-token-source".to_owned()),
-                self.scope.clone(),
+                self.credentials
+                    .get_client_id()
+                    .unwrap_or("custom-token-source"),
+                self.credentials.get_scope().map(str::to_owned),
             );
             (shared.for_key(&key), self.store_policy)
         });
         let cell = match (self.source, &endpoint) {
             (Some(source), _) => TokenCell::build(source, self.policy, store),
             (None, Some(endpoint)) => {
-                let mut credentials = ClientCredentials::builder().token_endpoint(endpoint.clone());
-                if let Some(client_id) = self.client_id {
-                    credentials = credentials.client_id(client_id);
-                }
-                if let Some(keys) = self.keys {
-                    credentials = credentials.key_set(keys);
-                }
-                if let Some(scope) = self.scope {
-                    credentials = credentials.scope(scope);
-                }
-                if let Some(lifetime) = self.assertion_lifetime {
-                    credentials = credentials.assertion_lifetime(lifetime);
-                }
-                if let Some(backdate) = self.iat_backdate {
-                    credentials = credentials.iat_backdate(backdate);
-                }
-                if let Some(lifetime) = self.default_token_lifetime {
-                    credentials = credentials.default_token_lifetime(lifetime);
-                }
-                if let Some(timeout) = self.request_timeout {
-                    credentials = credentials.request_timeout(timeout);
-                }
-                if let Some(http) = self.http {
-                    credentials = credentials.http_client(http);
-                }
-                if let Some(skew) = self.skew {
-                    credentials = credentials.clock_skew(skew);
-                }
-                TokenCell::build(Box::new(credentials.build()?), self.policy, store)
+                let credentials = self.credentials.token_endpoint(endpoint.clone()).build()?;
+                TokenCell::build(Box::new(credentials), self.policy, store)
             }
             (None, None) => return Err(Error::config("token_endpoint is required")),
         };

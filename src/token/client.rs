@@ -263,6 +263,30 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    pub(crate) fn get_client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    pub(crate) fn get_token_endpoint(&self) -> Option<&str> {
+        self.token_endpoint.as_deref()
+    }
+
+    pub(crate) fn get_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    pub(crate) fn get_keys(&self) -> Option<&KeySet> {
+        self.keys.as_ref()
+    }
+
+    /// The configured HTTP client, or the default one with the configured timeout.
+    pub(crate) fn http_client_or_default(&self) -> Result<reqwest::Client, Error> {
+        match &self.http {
+            Some(http) => Ok(http.clone()),
+            None => default_client(self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)),
+        }
+    }
+
     /// Shares a clock-offset measurement (from discovery) with this source.
     pub(crate) fn clock_skew(mut self, skew: Arc<ClockSkew>) -> Self {
         self.skew = Some(skew);
