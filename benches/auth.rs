@@ -305,7 +305,21 @@ where
     })
 }
 
-fn contention(c: &mut Criterion) {
+/// The three token holders compared under contention, over the same inner service, and the
+/// multi-thread runtime they run on (the layer's refresher lives there).
+struct Holders<S> {
+    runtime: tokio::runtime::Runtime,
+    mutex: MutexAuth<S>,
+    rwlock: RwLockAuth<S>,
+    koppeltaal: koppeltaal_auth::KoppeltaalAuth<S>,
+}
+
+fn holders() -> Holders<
+    impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -325,6 +339,21 @@ fn contention(c: &mut Criterion) {
         inner: inner(),
     };
     let koppeltaal = auth.layer().layer(inner());
+    Holders {
+        runtime,
+        mutex,
+        rwlock,
+        koppeltaal,
+    }
+}
+
+fn contention(c: &mut Criterion) {
+    let Holders {
+        runtime,
+        mutex,
+        rwlock,
+        koppeltaal,
+    } = holders();
     let mut group = c.benchmark_group("contention");
     for tasks in [1u64, 2, 8, 64] {
         group.bench_with_input(BenchmarkId::new("mutex", tasks), &tasks, |b, &n| {
@@ -703,24 +732,12 @@ fn e2e_ratio() {
 /// Contention measured interleaved: for each task count, rounds of the three holders in turn;
 /// median nanoseconds per request.
 fn contention_ratios() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let auth = warm_authenticator(&runtime, false);
-    let token = Token {
-        header: runtime.block_on(auth.token()).unwrap().into_value(),
-        expires_at: Instant::now() + DAY,
-    };
-    let mutex = MutexAuth {
-        token: Arc::new(Mutex::new(Some(token.clone()))),
-        inner: inner(),
-    };
-    let rwlock = RwLockAuth {
-        token: Arc::new(tokio::sync::RwLock::new(Some(token))),
-        inner: inner(),
-    };
-    let ours = auth.layer().layer(inner());
+    let Holders {
+        runtime,
+        mutex,
+        rwlock,
+        koppeltaal: ours,
+    } = holders();
     let iters = 40_000;
     println!("\ncontention, interleaved (21 rounds of {iters} requests, medians, ns per request)");
     println!(
