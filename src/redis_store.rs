@@ -71,8 +71,15 @@ impl RedisTokenStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] when the URL is not a Redis URL.
+    /// [`ErrorKind::Config`] when the URL is not a Redis URL, or when called outside a tokio
+    /// runtime.
     pub fn new(url: &str) -> Result<Self, Error> {
+        // The connection manager spawns its reconnection work on the current runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "RedisTokenStore::new must be called inside a tokio runtime",
+            ));
+        }
         let client = redis::Client::open(url)
             .map_err(|err| Error::config("invalid Redis URL").with_source(err))?;
         let config = ConnectionManagerConfig::new()
@@ -218,5 +225,30 @@ impl TokenStore for RedisKeyStore {
                 .map(drop)
                 .map_err(|err| redis_error("Redis lease release failed", err))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_a_runtime_and_a_redis_url() {
+        let err = RedisTokenStore::new("redis://127.0.0.1:6379").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(RedisTokenStore::new("redis://127.0.0.1:6379").is_ok());
+            let err = RedisTokenStore::new("http://not-redis").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            let store = RedisTokenStore::new("redis://:hunter2@127.0.0.1:6379").unwrap();
+            assert!(
+                !format!("{store:?}").contains("hunter2"),
+                "the URL is never shown"
+            );
+        });
     }
 }
