@@ -92,7 +92,9 @@ async fn tokens_verify_against_the_served_set_before_during_and_after_a_rotation
         "signing with the new key at once would fail"
     );
 
-    // After the propagation delay (= max-age) the new key signs, and the server knows it.
+    // After the propagation delay (= max-age) the new key signs, and the server knows it. A real
+    // wait: the key set's delay and the mock's HTTP cache both run on real time here (the token
+    // requests are real loopback HTTP, which a paused clock would time out).
     tokio::time::sleep(max_age + Duration::from_millis(50)).await;
     assert_eq!(keys.signing_key().kid(), new.kid());
     source.fetch().await.unwrap();
