@@ -721,12 +721,71 @@ fn e2e_ratio() {
     };
     let (plain, ours) = (trimmed_mean(&mut plain), trimmed_mean(&mut ours));
     println!(
-        "\ne2e, alternating ({pairs} request pairs, trimmed means): no layer {:.0} req/s, \
-         koppeltaal_auth {:.0} req/s, ratio {:.3} (target >= 0.97)",
+        "\ne2e, one request at a time, alternating ({pairs} request pairs, trimmed means): \
+         no layer {:.0} req/s, koppeltaal_auth {:.0} req/s, ratio {:.3}",
         1.0 / plain,
         1.0 / ours,
         plain / ours
     );
+    // Throughput: both cores busy with 32 concurrent request streams (the pool opens as many
+    // connections), rounds alternating between the two sides; medians.
+    let (tasks, per_task, rounds) = (32, 150, 15);
+    let (mut plain, mut ours) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        // Warm the pool to its working size first.
+        e2e_load(&client, &url, tasks, 20).await;
+        e2e_load(&layered, &url, tasks, 20).await;
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                plain.push(e2e_load(&client, &url, tasks, per_task).await);
+                ours.push(e2e_load(&layered, &url, tasks, per_task).await);
+            } else {
+                ours.push(e2e_load(&layered, &url, tasks, per_task).await);
+                plain.push(e2e_load(&client, &url, tasks, per_task).await);
+            }
+        }
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, ours) = (median(&mut plain), median(&mut ours));
+    println!(
+        "e2e throughput, {tasks} concurrent streams ({rounds} rounds of {} requests per side, \
+         medians): no layer {plain:.0} req/s, koppeltaal_auth {ours:.0} req/s, ratio {:.3} \
+         (target >= 0.97)",
+        tasks * per_task,
+        ours / plain
+    );
+}
+
+/// End-to-end throughput under load: `tasks` tasks each send `per_task` sequential requests
+/// through clones of `service` at once; requests per second.
+async fn e2e_load<S>(service: &S, url: &http::Uri, tasks: usize, per_task: usize) -> f64
+where
+    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let service = service.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let mut request = request();
+                    *request.uri_mut() = url.clone();
+                    let response = service.clone().oneshot(request).await.unwrap();
+                    black_box(response.into_body().collect().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    (tasks * per_task) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Contention measured interleaved: for each task count, rounds of the three holders in turn;

@@ -102,8 +102,10 @@ impl FhirScope {
             return false;
         }
         // "/fhir/DEFAULT/../admin" starts with the base but is not under it once normalised. A
-        // dot segment needs a '.' or a '%': most paths are done after one byte scan.
-        !may_have_dot_segment(path.as_bytes()) || !path.split('/').any(is_dot_segment)
+        // dot segment needs a '.' or a '%': most paths are done after one byte scan. Only the
+        // part after the base is scanned: the base itself went through the URL parser, which
+        // removes dot segments, and `rest` starts at a segment boundary.
+        !may_have_dot_segment(rest) || !rest.split(|&byte| byte == b'/').any(is_dot_segment)
     }
 }
 
@@ -132,8 +134,7 @@ fn may_have_dot_segment(path: &[u8]) -> bool {
 
 /// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...). Checked on
 /// every request, so without allocating.
-fn is_dot_segment(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
+fn is_dot_segment(bytes: &[u8]) -> bool {
     let mut dots = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -239,7 +240,7 @@ mod tests {
     #[test]
     fn dot_segments_are_recognised_in_every_spelling() {
         for dot in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2e."] {
-            assert!(is_dot_segment(dot), "{dot}");
+            assert!(is_dot_segment(dot.as_bytes()), "{dot}");
         }
         for other in [
             "",
@@ -252,8 +253,24 @@ mod tests {
             "%2e%2e%2e",
             "v1.0",
         ] {
-            assert!(!is_dot_segment(other), "{other}");
+            assert!(!is_dot_segment(other.as_bytes()), "{other}");
         }
+    }
+
+    #[test]
+    fn dots_in_the_base_are_the_url_parsers_business() {
+        // A dot in a segment name is no dot segment; only the part after the base is scanned.
+        let s = scope("https://fhir.example.org/fhir/v1.0");
+        assert!(s.matches_uri(&uri("https://fhir.example.org/fhir/v1.0/Patient/1")));
+        assert!(!s.matches_uri(&uri("https://fhir.example.org/fhir/v1.0/../admin")));
+        assert!(!s.matches_uri(&uri("https://fhir.example.org/fhir/v1.0/%2E%2e/admin")));
+        // Dot segments in the configured base are resolved before it becomes a scope.
+        let s = scope("https://fhir.example.org/other/%2e%2E/fhir/./DEFAULT");
+        assert_eq!(s.path, "/fhir/DEFAULT");
+        assert!(s.matches_uri(&uri("https://fhir.example.org/fhir/DEFAULT/Task")));
+        assert!(!s.matches_uri(&uri(
+            "https://fhir.example.org/other/%2e%2E/fhir/./DEFAULT/Task"
+        )));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::BoxError;
 use crate::future::{ResponseFuture, Retry};
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::TokenReader;
+use crate::token::{LocalToken, TokenReader};
 
 /// Middleware that adds a Koppeltaal bearer token to requests for the FHIR base and replays a
 /// request once after a `401`. Made by [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer).
@@ -88,11 +88,8 @@ impl<S> fmt::Debug for KoppeltaalAuth<S> {
 /// Adds the token unless the request has its own `Authorization` (then: `false`, and the
 /// request is unchanged). One header-map lookup in the common case.
 #[inline]
-fn insert_token<B>(request: &mut Request<B>, token: crate::TokenHeader) -> bool {
-    match request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.into_value())
-    {
+fn insert_token<B>(request: &mut Request<B>, token: &LocalToken) -> bool {
+    match request.headers_mut().insert(AUTHORIZATION, token.value()) {
         None => true,
         Some(own) => {
             // The caller's own header: put it back. (A replay copy, if any, was wasted: rare.)
@@ -125,22 +122,24 @@ where
         }
         match self.reader.current() {
             // Fast path: a fresh token, no lock, no allocation (the replay copy aside).
+            // (`token` is this service's own copy: see `TokenReader`.)
             Some(token) => {
-                let generation = token.generation();
-                let shared = Arc::clone(&self.shared);
                 // Two arms so that the no-replay future is built with a literal `None` (a tag
                 // write) rather than a moved, full-size `Option<Retry>`.
                 if self.shared.replay {
+                    // The copy is taken before the token goes in: it never holds one.
                     let retry = Retry::prepare(&request, &self.inner);
                     if !insert_token(&mut request, token) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    ResponseFuture::called(self.inner.call(request), retry, generation, shared)
+                    let token = Arc::clone(token);
+                    ResponseFuture::called(self.inner.call(request), retry, token, true)
                 } else {
                     if !insert_token(&mut request, token) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    ResponseFuture::called(self.inner.call(request), None, generation, shared)
+                    let token = Arc::clone(token);
+                    ResponseFuture::called(self.inner.call(request), None, token, false)
                 }
             }
             None if request.headers().contains_key(AUTHORIZATION) => {

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use koppeltaal_auth::testing::{FakeTokenSource, MockKoppeltaal};
 use koppeltaal_auth::{Authenticator, ErrorKind, KoppeltaalAuth, NotReplayable};
 use support::{CLIENT_ID, RecordingServer, capture_logs, mock, rsa_key};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 type HyperClient<B = Full<Bytes>> = Client<HttpConnector, B>;
 
@@ -259,6 +259,47 @@ async fn a_401_renews_once_and_replays_the_same_request() {
     );
     assert_eq!(mock.stats().tokens_issued, 2);
     assert_eq!(auth.stats().invalidations, 1);
+}
+
+/// A service used for many calls keeps a copy of the token of its own (a clone for one call
+/// uses the cell's): every such copy must follow a renewal made through any other clone.
+#[tokio::test]
+async fn long_lived_services_and_one_call_clones_all_follow_a_renewal() {
+    let mock = mock().await;
+    let auth = authenticator(&mock).await;
+    let mut long_lived = auth.layer().layer_service(hyper_client());
+    let url = format!("{}/Patient/1", mock.fhir_base_url());
+    for _ in 0..3 {
+        let response = long_lived.ready().await.unwrap().call(get(&url)).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    let mut other = long_lived.clone();
+    for _ in 0..3 {
+        let response = other.ready().await.unwrap().call(get(&url)).await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    mock.revoke_all_tokens();
+    // The renewal goes through `other`; `long_lived` and a fresh clone must pick it up.
+    let response = other.ready().await.unwrap().call(get(&url)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    let response = long_lived.ready().await.unwrap().call(get(&url)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    let response = long_lived.clone().oneshot(get(&url)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    let tokens: Vec<_> = mock
+        .fhir_requests()
+        .iter()
+        .map(|r| (r.token_number, r.status.as_u16()))
+        .collect();
+    let mut expected = vec![(Some(1), 200); 6];
+    expected.extend([
+        (Some(1), 401),
+        (Some(2), 200),
+        (Some(2), 200),
+        (Some(2), 200),
+    ]);
+    assert_eq!(tokens, expected);
+    assert_eq!(mock.stats().tokens_issued, 2);
 }
 
 #[tokio::test]

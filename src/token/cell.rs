@@ -142,6 +142,8 @@ struct CachedToken {
     /// lifetime (20 s for long tokens) after the refresh point, so only a timer that late could
     /// let a token be handed out inside its margin.
     clock_free: AtomicBool,
+    /// The token as services that have no copy of their own hand it out (see [`TokenReader`]).
+    local: Arc<LocalToken>,
 }
 
 impl CachedToken {
@@ -158,6 +160,8 @@ type Outcome = Result<(), Error>;
 type Flight = watch::Receiver<Option<Outcome>>;
 
 struct Shared {
+    /// Itself, for the [`LocalToken`]s it hands out (a strong reference would be a cycle).
+    me: Weak<Self>,
     current: ArcSwapOption<CachedToken>,
     source: Box<dyn TokenSource>,
     store: Option<(Box<dyn TokenStore>, StorePolicy)>,
@@ -250,7 +254,8 @@ impl TokenCell {
         store: Option<(Box<dyn TokenStore>, StorePolicy)>,
     ) -> Self {
         let cell = Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|me| Shared {
+                me: me.clone(),
                 current: ArcSwapOption::empty(),
                 source,
                 store,
@@ -402,10 +407,86 @@ impl TokenCell {
 /// A per-service view of a [`TokenCell`] for the layer's fast path: it keeps the last token it
 /// saw, and checks with one relaxed atomic load that the cell still holds that token (arc-swap's
 /// `Cache`), instead of a full arc-swap load. Behaves as [`TokenCell::current`].
-#[derive(Clone)]
+///
+/// From its second call on, a reader hands the token out as a [`LocalToken`] of its own (one
+/// copy per token), so that services used on different threads do not all count references on
+/// one header value and one `Arc`: under contention those shared counts are most of what a token
+/// holder costs. A service's first call uses the cell's shared copy, so that a service cloned
+/// for one call (`oneshot`) allocates nothing.
 pub(crate) struct TokenReader {
     cell: TokenCell,
     cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
+    /// This reader's own copy of the token, once it has made one.
+    local: Option<Arc<LocalToken>>,
+    /// Whether this reader has handed out a token.
+    used: bool,
+}
+
+impl Clone for TokenReader {
+    fn clone(&self) -> Self {
+        Self {
+            cell: self.cell.clone(),
+            cache: self.cache.clone(),
+            local: None,
+            used: false,
+        }
+    }
+}
+
+/// A token as [`TokenReader`] hands it out: the header value, its generation and a handle on the
+/// cell for the `401` path (weak: the cell holds one of these for every token).
+pub(crate) struct LocalToken {
+    value: HeaderValue,
+    generation: u64,
+    cell: Weak<Shared>,
+}
+
+impl LocalToken {
+    /// A copy for one service, with a header value of its own.
+    fn copy_of(cached: &CachedToken) -> Self {
+        let shared = cached.token.header_value();
+        // A deep copy: a header value of its own, with its own reference count.
+        let value = HeaderValue::from_bytes(shared.as_bytes()).map_or_else(
+            |_| shared.clone(),
+            |mut value| {
+                value.set_sensitive(true);
+                value
+            },
+        );
+        // Share the new bytes now, so that clones on the fast path never allocate.
+        drop(value.clone());
+        Self {
+            value,
+            generation: cached.generation,
+            cell: cached.local.cell.clone(),
+        }
+    }
+
+    /// The `Authorization` value.
+    #[inline]
+    pub(crate) fn value(&self) -> HeaderValue {
+        self.value.clone()
+    }
+
+    /// The token's generation.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The cell the token came from, unless it is gone.
+    pub(crate) fn cell(&self) -> Option<TokenCell> {
+        self.cell.upgrade().map(|shared| TokenCell { shared })
+    }
+}
+
+impl fmt::Debug for LocalToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalToken")
+            .field("value", &"[redacted]")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Lets `arc_swap::Cache` reach the cell's token slot.
@@ -425,30 +506,32 @@ impl TokenReader {
         Self {
             cell: cell.clone(),
             cache: arc_swap::Cache::new(CurrentRef(Arc::clone(&cell.shared))),
+            local: None,
+            used: false,
         }
     }
 
-    /// As [`TokenCell::current`].
+    /// As [`TokenCell::current`], the token as this reader's [`LocalToken`].
     #[inline]
-    pub(crate) fn current(&mut self) -> Option<TokenHeader> {
-        let now;
-        let header;
-        {
-            let cached = self.cache.load().as_ref()?;
-            if cached.clock_free.load(Ordering::Relaxed) {
-                return Some(cached.header());
-            }
-            now = Instant::now();
+    pub(crate) fn current(&mut self) -> Option<&Arc<LocalToken>> {
+        let cached = self.cache.load().as_ref()?;
+        if !cached.clock_free.load(Ordering::Relaxed) {
+            let now = Instant::now();
             if now >= cached.usable_until {
                 return None;
             }
-            header = cached.header();
-            if now < cached.refresh_at {
-                return Some(header);
+            if now >= cached.refresh_at {
+                self.cell.shared.refresh_soon(now, Reason::Proactive, 0);
             }
         }
-        self.cell.shared.refresh_soon(now, Reason::Proactive, 0);
-        Some(header)
+        let own = matches!(&self.local, Some(local) if local.generation == cached.generation);
+        if !own {
+            if !std::mem::replace(&mut self.used, true) {
+                return Some(&cached.local);
+            }
+            self.local = Some(Arc::new(LocalToken::copy_of(cached)));
+        }
+        self.local.as_ref()
     }
 }
 
@@ -709,12 +792,18 @@ impl Shared {
         // Read under the lock that `BackgroundGuard` takes too: a token is never left clock-free
         // by a refresher that is gone.
         let clock_free = self.background_started.load(Ordering::Acquire);
+        let local = Arc::new(LocalToken {
+            value: token.header_value().clone(),
+            generation: sched.generation,
+            cell: self.me.clone(),
+        });
         self.current.store(Some(Arc::new(CachedToken {
             token,
             generation: sched.generation,
             refresh_at,
             usable_until,
             clock_free: AtomicBool::new(clock_free),
+            local,
         })));
         Ok(())
     }

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
-pub(crate) use cell::TokenReader;
 pub use cell::{CellStats, TokenCell, TokenHeader};
+pub(crate) use cell::{LocalToken, TokenReader};
 pub use client::DEFAULT_TOKEN_LIFETIME;
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use policy::{
