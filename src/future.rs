@@ -21,9 +21,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub(crate) struct Retry<S, B> {
     service: S,
     method: http::Method,
-    uri: http::Uri,
     version: http::Version,
-    headers: HeaderSnapshot,
+    /// The URI and the headers.
+    head: HeadSnapshot,
     extensions: http::Extensions,
     body: B,
 }
@@ -36,9 +36,8 @@ impl<S: Clone, B: ReplayBody> Retry<S, B> {
         Some(Self {
             service: service.clone(),
             method: request.method().clone(),
-            uri: request.uri().clone(),
             version: request.version(),
-            headers: HeaderSnapshot::of(request.headers()),
+            head: HeadSnapshot::of(request.uri(), request.headers()),
             extensions: request.extensions().clone(),
             body,
         })
@@ -47,17 +46,17 @@ impl<S: Clone, B: ReplayBody> Retry<S, B> {
 
 impl<S, B> Retry<S, B> {
     /// The service and the request to send again, or `None` (with the reason logged) when the
-    /// headers cannot be rebuilt.
+    /// URI or a header cannot be rebuilt.
     fn into_request(self) -> Option<(S, Request<B>)> {
-        let Some(headers) = self.headers.rebuild() else {
+        let Some((uri, headers)) = self.head.rebuild() else {
             tracing::warn!(
-                "a request header could not be copied for the replay; returning the 401"
+                "the request could not be copied for the replay (URI or a header); returning the 401"
             );
             return None;
         };
         let mut request = Request::new(self.body);
         *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
+        *request.uri_mut() = uri;
         *request.version_mut() = self.version;
         *request.headers_mut() = headers;
         *request.extensions_mut() = self.extensions;
@@ -65,50 +64,74 @@ impl<S, B> Retry<S, B> {
     }
 }
 
-/// A request's headers in one buffer: one allocation and a copy of their bytes, where cloning
-/// the `HeaderMap` allocates its table and shares every value and custom name by reference
-/// count (an allocation each the first time, and atomic counts the sending thread also touches).
-/// Replays are rare; the map is rebuilt only for one.
-struct HeaderSnapshot {
-    /// Per header: a sensitive flag byte, name and value lengths (`u32`, little endian), the
-    /// name, the value.
+/// A request's URI and headers in one buffer: one allocation and a copy of their bytes. Cloning
+/// the `HeaderMap` and the `Uri` instead allocates the map's table and shares every header value,
+/// custom header name and URI part by reference count (an allocation each the first time, and
+/// atomic counts that the thread sending the request, and every other request with the same
+/// URI, also write). Replays are rare; the URI and the map are rebuilt only for one.
+struct HeadSnapshot {
+    /// The scheme, authority and path-and-query, each as a length (`u32`, little endian;
+    /// `u32::MAX` when absent) and its bytes; then per header a sensitive flag byte, name and
+    /// value lengths, the name and the value.
     bytes: Vec<u8>,
-    count: usize,
+    headers: usize,
 }
 
-impl HeaderSnapshot {
-    const FIXED: usize = 1 + 4 + 4;
+const ABSENT: u32 = u32::MAX;
 
-    fn of(headers: &http::HeaderMap) -> Self {
-        let size = headers
+impl HeadSnapshot {
+    fn of(uri: &http::Uri, headers: &http::HeaderMap) -> Self {
+        let parts = [
+            uri.scheme_str(),
+            uri.authority().map(http::uri::Authority::as_str),
+            uri.path_and_query().map(http::uri::PathAndQuery::as_str),
+        ];
+        let size = parts
             .iter()
-            .map(|(name, value)| Self::FIXED + name.as_str().len() + value.len())
-            .sum();
+            .map(|part| 4 + part.map_or(0, str::len))
+            .sum::<usize>()
+            + headers
+                .iter()
+                .map(|(name, value)| 1 + 4 + 4 + name.as_str().len() + value.len())
+                .sum::<usize>();
         let mut bytes = Vec::with_capacity(size);
+        for part in parts {
+            match part {
+                Some(part) => push_with_len(&mut bytes, part.as_bytes()),
+                None => bytes.extend_from_slice(&ABSENT.to_le_bytes()),
+            }
+        }
         for (name, value) in headers {
-            let (name, sensitive, value) = (name.as_str(), value.is_sensitive(), value.as_bytes());
-            bytes.push(u8::from(sensitive));
-            // Header names and values are far below 4 GiB: the http crate and every server
-            // bound them.
-            bytes.extend_from_slice(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
-            bytes.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
-            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(u8::from(value.is_sensitive()));
+            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+            bytes.extend_from_slice(&len_u32(name).to_le_bytes());
+            bytes.extend_from_slice(&len_u32(value).to_le_bytes());
+            bytes.extend_from_slice(name);
             bytes.extend_from_slice(value);
         }
         Self {
             bytes,
-            count: headers.len(),
+            headers: headers.len(),
         }
     }
 
-    fn rebuild(&self) -> Option<http::HeaderMap> {
-        let mut headers = http::HeaderMap::with_capacity(self.count);
+    fn rebuild(&self) -> Option<(http::Uri, http::HeaderMap)> {
         let mut rest = self.bytes.as_slice();
+        let mut uri = http::Uri::builder();
+        if let Some(scheme) = take_optional(&mut rest)? {
+            uri = uri.scheme(scheme);
+        }
+        if let Some(authority) = take_optional(&mut rest)? {
+            uri = uri.authority(authority);
+        }
+        if let Some(path_and_query) = take_optional(&mut rest)? {
+            uri = uri.path_and_query(path_and_query);
+        }
+        let uri = uri.build().ok()?;
+        let mut headers = http::HeaderMap::with_capacity(self.headers);
         while let Some((&flag, tail)) = rest.split_first() {
-            let (name_len, tail) = tail.split_first_chunk::<4>()?;
-            let (value_len, tail) = tail.split_first_chunk::<4>()?;
-            let name_len = usize::try_from(u32::from_le_bytes(*name_len)).ok()?;
-            let value_len = usize::try_from(u32::from_le_bytes(*value_len)).ok()?;
+            let (name_len, tail) = take_len(tail)?;
+            let (value_len, tail) = take_len(tail)?;
             let (name, tail) = tail.split_at_checked(name_len)?;
             let (value, tail) = tail.split_at_checked(value_len)?;
             let mut value = http::HeaderValue::from_bytes(value).ok()?;
@@ -116,8 +139,39 @@ impl HeaderSnapshot {
             headers.append(http::HeaderName::from_bytes(name).ok()?, value);
             rest = tail;
         }
-        Some(headers)
+        // A buffer cut at a header boundary would parse: the count catches it.
+        (headers.len() == self.headers).then_some((uri, headers))
     }
+}
+
+/// A length as stored: URI parts, header names and values are far below 4 GiB (the http crate
+/// and every server bound them); a longer one would be refused at rebuild, never misread.
+fn len_u32(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).unwrap_or(ABSENT)
+}
+
+fn push_with_len(buffer: &mut Vec<u8>, bytes: &[u8]) {
+    buffer.extend_from_slice(&len_u32(bytes).to_le_bytes());
+    buffer.extend_from_slice(bytes);
+}
+
+fn take_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let (len, tail) = bytes.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len);
+    (len != ABSENT).then_some((usize::try_from(len).ok()?, tail))
+}
+
+/// An optional part: `Some(None)` when absent, `None` when the buffer is damaged.
+fn take_optional<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*len) == ABSENT {
+        *rest = tail;
+        return Some(None);
+    }
+    let (len, tail) = take_len(rest)?;
+    let (part, tail) = tail.split_at_checked(len)?;
+    *rest = tail;
+    Some(Some(part))
 }
 
 pin_project! {
@@ -345,7 +399,7 @@ mod tests {
     use http::{HeaderMap, HeaderName, HeaderValue};
 
     #[test]
-    fn a_header_snapshot_rebuilds_the_same_headers_in_the_same_order() {
+    fn a_head_snapshot_rebuilds_the_same_uri_and_headers_in_the_same_order() {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("application/fhir+json"));
         headers.append("x-request-id", HeaderValue::from_static("req-42"));
@@ -359,7 +413,11 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xe9 \t!").unwrap(),
         );
         headers.insert("x-empty", HeaderValue::from_static(""));
-        let rebuilt = HeaderSnapshot::of(&headers).rebuild().unwrap();
+        let uri: http::Uri = "https://fhir.example.org:8443/fhir/DEFAULT/Task?_count=10&x=%2F"
+            .parse()
+            .unwrap();
+        let (rebuilt_uri, rebuilt) = HeadSnapshot::of(&uri, &headers).rebuild().unwrap();
+        assert_eq!(rebuilt_uri, uri);
         assert_eq!(rebuilt, headers);
         let order = |map: &HeaderMap| -> Vec<(String, Vec<u8>, bool)> {
             map.iter()
@@ -368,23 +426,24 @@ mod tests {
         };
         assert_eq!(order(&rebuilt), order(&headers));
         assert!(rebuilt["proxy-authorization"].is_sensitive());
-        assert!(
-            HeaderSnapshot::of(&HeaderMap::new())
-                .rebuild()
-                .unwrap()
-                .is_empty()
-        );
+        let relative: http::Uri = "/fhir/Patient/1".parse().unwrap();
+        let (rebuilt_uri, none) = HeadSnapshot::of(&relative, &HeaderMap::new())
+            .rebuild()
+            .unwrap();
+        assert_eq!(rebuilt_uri, relative);
+        assert!(none.is_empty());
     }
 
     #[test]
     fn a_damaged_snapshot_is_refused_not_misread() {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("application/fhir+json"));
-        let snapshot = HeaderSnapshot::of(&headers);
+        let uri: http::Uri = "https://fhir.example.org/fhir/Task".parse().unwrap();
+        let snapshot = HeadSnapshot::of(&uri, &headers);
         for cut in 1..snapshot.bytes.len() {
-            let damaged = HeaderSnapshot {
+            let damaged = HeadSnapshot {
                 bytes: snapshot.bytes[..cut].to_vec(),
-                count: 1,
+                headers: 1,
             };
             assert!(damaged.rebuild().is_none(), "{cut}");
         }

@@ -120,7 +120,7 @@ where
         if !self.shared.scope.matches_uri(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        match self.reader.current() {
+        match self.reader.current(&self.shared.cell) {
             // Fast path: a fresh token, no lock, no allocation (the replay copy aside).
             // (`token` is this service's own copy: see `TokenReader`.)
             Some(token) => {

@@ -414,7 +414,6 @@ impl TokenCell {
 /// holder costs. A service's first call uses the cell's shared copy, so that a service cloned
 /// for one call (`oneshot`) allocates nothing.
 pub(crate) struct TokenReader {
-    cell: TokenCell,
     cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
     /// This reader's own copy of the token, once it has made one.
     local: Option<Arc<LocalToken>>,
@@ -425,7 +424,6 @@ pub(crate) struct TokenReader {
 impl Clone for TokenReader {
     fn clone(&self) -> Self {
         Self {
-            cell: self.cell.clone(),
             cache: self.cache.clone(),
             local: None,
             used: false,
@@ -504,16 +502,17 @@ impl std::ops::Deref for CurrentRef {
 impl TokenReader {
     pub(crate) fn new(cell: &TokenCell) -> Self {
         Self {
-            cell: cell.clone(),
             cache: arc_swap::Cache::new(CurrentRef(Arc::clone(&cell.shared))),
             local: None,
             used: false,
         }
     }
 
-    /// As [`TokenCell::current`], the token as this reader's [`LocalToken`].
+    /// As [`TokenCell::current`], the token as this reader's [`LocalToken`]. `cell` is the cell
+    /// the reader was made from (passed in rather than kept, so that cloning a reader counts one
+    /// reference less on the cell).
     #[inline]
-    pub(crate) fn current(&mut self) -> Option<&Arc<LocalToken>> {
+    pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<&Arc<LocalToken>> {
         let cached = self.cache.load().as_ref()?;
         if !cached.clock_free.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -521,7 +520,7 @@ impl TokenReader {
                 return None;
             }
             if now >= cached.refresh_at {
-                self.cell.shared.refresh_soon(now, Reason::Proactive, 0);
+                cell.shared.refresh_soon(now, Reason::Proactive, 0);
             }
         }
         let own = matches!(&self.local, Some(local) if local.generation == cached.generation);
