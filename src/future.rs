@@ -198,8 +198,10 @@ pin_project! {
             #[pin]
             future: S::Future,
             retry: Option<Retry<S, B>>,
-            // The token sent, and the way to the cell should it be rejected.
-            token: Arc<LocalToken>,
+            // The token's cell (an id: see `TokenCell::by_id`) and generation, should it be
+            // rejected.
+            cell: u64,
+            generation: u64,
             replay: bool,
         },
         /// Slow path: waiting for a token, or renewing and replaying after a `401`.
@@ -235,14 +237,15 @@ where
     pub(crate) fn called(
         future: S::Future,
         retry: Option<Retry<S, B>>,
-        token: Arc<LocalToken>,
+        token: &LocalToken,
         replay: bool,
     ) -> Self {
         Self {
             state: State::Called {
                 future,
                 retry,
-                token,
+                cell: token.cell(),
+                generation: token.generation(),
                 replay,
             },
         }
@@ -275,19 +278,19 @@ where
                 StateProj::Called {
                     future,
                     retry,
-                    token,
+                    cell,
+                    generation,
                     replay,
                 } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let Some(cell) = token.cell() else {
+                    let Some(cell) = TokenCell::by_id(*cell) else {
                         // Every handle on the token cell is gone: nothing to renew.
                         return Poll::Ready(Ok(response));
                     };
-                    let future =
-                        after_401(cell, *replay, retry.take(), token.generation(), response);
+                    let future = after_401(cell, *replay, retry.take(), *generation, response);
                     this.state.set(State::Slow {
                         future: Box::pin(future),
                     });

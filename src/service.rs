@@ -132,13 +132,11 @@ where
                     if !insert_token(&mut request, token) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    let token = Arc::clone(token);
                     ResponseFuture::called(self.inner.call(request), retry, token, true)
                 } else {
                     if !insert_token(&mut request, token) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    let token = Arc::clone(token);
                     ResponseFuture::called(self.inner.call(request), None, token, false)
                 }
             }

@@ -459,6 +459,42 @@ async fn a_server_that_always_answers_401_sees_each_request_at_most_twice() {
     assert!(instants[3] - instants[2] >= Duration::from_millis(200));
 }
 
+/// A response future keeps only the id of its token's cell: a `401` that arrives after the
+/// authenticator and every service are gone is handed back as is.
+#[tokio::test]
+async fn a_401_after_every_handle_is_dropped_is_returned_as_is() {
+    let source = FakeTokenSource::new();
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir")
+        .token_source(source.clone())
+        .build()
+        .unwrap();
+    let (release, gate) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(tokio::sync::Mutex::new(Some(gate)));
+    let inner = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+        let gate = Arc::clone(&gate);
+        async move {
+            let gate = gate.lock().await.take().unwrap();
+            gate.await.unwrap();
+            let mut response = Response::new(Full::<Bytes>::default());
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut service = auth.layer().layer_service(inner);
+    auth.ready().await.unwrap();
+    let future = service
+        .ready()
+        .await
+        .unwrap()
+        .call(get("https://fhir.example.org/fhir/Patient"));
+    drop((service, auth));
+    release.send(()).unwrap();
+    let response = future.await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(source.fetch_instants().len(), 1, "no renewal without a cell");
+}
+
 #[tokio::test]
 async fn no_token_means_a_typed_error_and_nothing_sent() {
     let mock = mock().await;

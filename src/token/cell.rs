@@ -4,6 +4,7 @@
 //! dropped caller never cancels one; every waiter of an attempt gets its outcome. A guard resets
 //! the in-flight state whatever way the attempt ends (success, error, panic, cancellation).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -143,7 +144,7 @@ struct CachedToken {
     /// let a token be handed out inside its margin.
     clock_free: AtomicBool,
     /// The token as services that have no copy of their own hand it out (see [`TokenReader`]).
-    local: Arc<LocalToken>,
+    local: LocalToken,
 }
 
 impl CachedToken {
@@ -160,8 +161,8 @@ type Outcome = Result<(), Error>;
 type Flight = watch::Receiver<Option<Outcome>>;
 
 struct Shared {
-    /// Itself, for the [`LocalToken`]s it hands out (a strong reference would be a cycle).
-    me: Weak<Self>,
+    /// The cell's key in [`CELLS`].
+    id: u64,
     current: ArcSwapOption<CachedToken>,
     source: Box<dyn TokenSource>,
     store: Option<(Box<dyn TokenStore>, StorePolicy)>,
@@ -222,7 +223,22 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // Let the background refresher notice that the last handle is gone.
         self.wake.notify_one();
+        // (The entry is dropped after the registry's lock is released.)
+        let entry = cells().remove(&self.id);
+        drop(entry);
     }
+}
+
+/// Every live cell by id. A response future keeps the id of the cell its token came from rather
+/// than a counted reference to it (a reference count is an atomic write per request, shared by
+/// every thread); only after a `401` does it look the cell up.
+static CELLS: Mutex<BTreeMap<u64, Weak<Shared>>> = Mutex::new(BTreeMap::new());
+
+/// Ids are never reused, so a stale id finds nothing rather than another cell.
+static NEXT_CELL_ID: AtomicU64 = AtomicU64::new(1);
+
+fn cells() -> MutexGuard<'static, BTreeMap<u64, Weak<Shared>>> {
+    CELLS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TokenCell {
@@ -253,24 +269,28 @@ impl TokenCell {
         policy: RefreshPolicy,
         store: Option<(Box<dyn TokenStore>, StorePolicy)>,
     ) -> Self {
+        let id = NEXT_CELL_ID.fetch_add(1, Ordering::Relaxed);
         let cell = Self {
-            shared: Arc::new_cyclic(|me| Shared {
-                me: me.clone(),
-                current: ArcSwapOption::empty(),
-                source,
-                store,
-                policy,
-                sched: Mutex::new(Sched::default()),
-                quiet_until: AtomicU64::new(0),
-                epoch: Instant::now(),
-                wake: Arc::new(Notify::new()),
-                background_started: AtomicBool::new(false),
-                fetches_ok: AtomicU64::new(0),
-                fetches_failed: AtomicU64::new(0),
-                waits: AtomicU64::new(0),
-                invalidations: AtomicU64::new(0),
-                adopted: AtomicU64::new(0),
-                store_unavailable: AtomicU64::new(0),
+            shared: Arc::new_cyclic(|me| {
+                cells().insert(id, me.clone());
+                Shared {
+                    id,
+                    current: ArcSwapOption::empty(),
+                    source,
+                    store,
+                    policy,
+                    sched: Mutex::new(Sched::default()),
+                    quiet_until: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                    wake: Arc::new(Notify::new()),
+                    background_started: AtomicBool::new(false),
+                    fetches_ok: AtomicU64::new(0),
+                    fetches_failed: AtomicU64::new(0),
+                    waits: AtomicU64::new(0),
+                    invalidations: AtomicU64::new(0),
+                    adopted: AtomicU64::new(0),
+                    store_unavailable: AtomicU64::new(0),
+                }
             }),
         };
         cell.shared.ensure_background();
@@ -402,6 +422,13 @@ impl TokenCell {
     pub fn policy(&self) -> &RefreshPolicy {
         &self.shared.policy
     }
+
+    /// The live cell with `id` (a [`LocalToken`]'s), if any.
+    pub(crate) fn by_id(id: u64) -> Option<Self> {
+        let weak = cells().get(&id).cloned()?;
+        // Upgraded (and so possibly dropped again) outside the registry's lock.
+        weak.upgrade().map(|shared| Self { shared })
+    }
 }
 
 /// A per-service view of a [`TokenCell`] for the layer's fast path: it keeps the last token it
@@ -416,7 +443,7 @@ impl TokenCell {
 pub(crate) struct TokenReader {
     cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
     /// This reader's own copy of the token, once it has made one.
-    local: Option<Arc<LocalToken>>,
+    local: Option<LocalToken>,
     /// Whether this reader has handed out a token.
     used: bool,
 }
@@ -431,12 +458,12 @@ impl Clone for TokenReader {
     }
 }
 
-/// A token as [`TokenReader`] hands it out: the header value, its generation and a handle on the
-/// cell for the `401` path (weak: the cell holds one of these for every token).
+/// A token as [`TokenReader`] hands it out: the header value, its generation and the id of its
+/// cell (see [`TokenCell::by_id`]).
 pub(crate) struct LocalToken {
     value: HeaderValue,
     generation: u64,
-    cell: Weak<Shared>,
+    cell: u64,
 }
 
 impl LocalToken {
@@ -456,7 +483,7 @@ impl LocalToken {
         Self {
             value,
             generation: cached.generation,
-            cell: cached.local.cell.clone(),
+            cell: cached.local.cell,
         }
     }
 
@@ -472,9 +499,10 @@ impl LocalToken {
         self.generation
     }
 
-    /// The cell the token came from, unless it is gone.
-    pub(crate) fn cell(&self) -> Option<TokenCell> {
-        self.cell.upgrade().map(|shared| TokenCell { shared })
+    /// The id of the cell the token came from.
+    #[inline]
+    pub(crate) fn cell(&self) -> u64 {
+        self.cell
     }
 }
 
@@ -512,7 +540,7 @@ impl TokenReader {
     /// the reader was made from (passed in rather than kept, so that cloning a reader counts one
     /// reference less on the cell).
     #[inline]
-    pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<&Arc<LocalToken>> {
+    pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<&LocalToken> {
         let cached = self.cache.load().as_ref()?;
         if !cached.clock_free.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -528,7 +556,7 @@ impl TokenReader {
             if !std::mem::replace(&mut self.used, true) {
                 return Some(&cached.local);
             }
-            self.local = Some(Arc::new(LocalToken::copy_of(cached)));
+            self.local = Some(LocalToken::copy_of(cached));
         }
         self.local.as_ref()
     }
@@ -791,11 +819,11 @@ impl Shared {
         // Read under the lock that `BackgroundGuard` takes too: a token is never left clock-free
         // by a refresher that is gone.
         let clock_free = self.background_started.load(Ordering::Acquire);
-        let local = Arc::new(LocalToken {
+        let local = LocalToken {
             value: token.header_value().clone(),
             generation: sched.generation,
-            cell: self.me.clone(),
-        });
+            cell: self.id,
+        };
         self.current.store(Some(Arc::new(CachedToken {
             token,
             generation: sched.generation,
@@ -990,4 +1018,23 @@ fn random_fraction() -> f64 {
         return 0.5;
     }
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeTokenSource;
+
+    #[tokio::test]
+    async fn a_cell_is_found_by_id_while_it_lives_and_ids_are_not_reused() {
+        let cell = TokenCell::new(FakeTokenSource::new(), RefreshPolicy::default());
+        let id = cell.shared.id;
+        let found = TokenCell::by_id(id).expect("a live cell");
+        assert!(Arc::ptr_eq(&found.shared, &cell.shared));
+        drop((found, cell));
+        assert!(TokenCell::by_id(id).is_none());
+        let next = TokenCell::new(FakeTokenSource::new(), RefreshPolicy::default());
+        assert!(next.shared.id > id);
+        assert!(TokenCell::by_id(id).is_none());
+    }
 }
