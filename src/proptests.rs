@@ -327,4 +327,60 @@ proptest! {
             Err(error) => prop_assert!(matches!(error.kind(), ErrorKind::Key)),
         }
     }
+
+    #[test]
+    fn the_per_request_scope_check_is_never_looser_than_a_normalising_one(
+        scheme in prop_oneof![Just("https"), Just("http"), Just("HTTPS")],
+        host in prop_oneof![
+            Just("fhir.example.org"),
+            Just("FHIR.example.org"),
+            Just("fhir.example.org.evil.org"),
+            Just("fhir.example.or"),
+            Just("fhir.exampla.org"),
+            Just("user@fhir.example.org"),
+        ],
+        port in prop_oneof![Just(""), Just(":443"), Just(":8443"), Just(":80")],
+        base in prop_oneof![
+            3 => Just("fhir/DEFAULT"),
+            1 => Just("fhir/DEFAULTX"),
+            1 => Just("fhir/DEFAULS"),
+            1 => Just("fhiR/DEFAULT"),
+            1 => Just("fhir"),
+        ],
+        segments in prop::collection::vec(
+            prop_oneof![
+                Just("Patient"), Just("1"), Just("."), Just(".."), Just("%2e"), Just("%2E%2e"),
+                Just("v1.0"), Just("a%2Fb"), Just(""), Just("DEFAULT"),
+            ],
+            0..5,
+        ),
+    ) {
+        let scope = crate::scope::FhirScope::new(
+            &url::Url::parse("https://fhir.example.org/fhir/DEFAULT").unwrap(),
+        )
+        .unwrap();
+        let mut path = base.to_owned();
+        for segment in &segments {
+            path.push('/');
+            path.push_str(segment);
+        }
+        let text = format!("{scheme}://{host}{port}/{path}");
+        let Ok(uri) = text.parse::<http::Uri>() else {
+            return Ok(());
+        };
+        let url = url::Url::parse(&text).unwrap();
+        // An independent reference: the URL as the url crate normalises it, under the base.
+        let reference = url.scheme() == "https"
+            && url.host_str() == Some("fhir.example.org")
+            && url.port_or_known_default() == Some(443)
+            && url.username().is_empty()
+            && (url.path() == "/fhir/DEFAULT" || url.path().starts_with("/fhir/DEFAULT/"));
+        let fast = scope.matches_uri(&uri);
+        // Never a token where the URL, once normalised, is not under the base.
+        prop_assert!(!fast || reference, "{}", text);
+        // And no refusal of a plain URL that is.
+        if !path.contains('.') && !path.contains('%') && !host.contains('@') {
+            prop_assert_eq!(fast, reference, "{}", text);
+        }
+    }
 }

@@ -492,7 +492,11 @@ async fn a_401_after_every_handle_is_dropped_is_returned_as_is() {
     release.send(()).unwrap();
     let response = future.await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(source.fetch_instants().len(), 1, "no renewal without a cell");
+    assert_eq!(
+        source.fetch_instants().len(),
+        1,
+        "no renewal without a cell"
+    );
 }
 
 #[tokio::test]

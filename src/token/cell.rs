@@ -437,9 +437,10 @@ impl TokenCell {
 ///
 /// From its second call on, a reader hands the token out as a [`LocalToken`] of its own (one
 /// copy per token), so that services used on different threads do not all count references on
-/// one header value and one `Arc`: under contention those shared counts are most of what a token
-/// holder costs. A service's first call uses the cell's shared copy, so that a service cloned
-/// for one call (`oneshot`) allocates nothing.
+/// one header value: under contention such shared counts are most of what a token holder costs.
+/// (The response future keeps only the cell's id, see [`TokenCell::by_id`], for the same
+/// reason.) A service's first call uses the cell's shared copy, so that a service cloned for one
+/// call (`oneshot`) allocates nothing.
 pub(crate) struct TokenReader {
     cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
     /// This reader's own copy of the token, once it has made one.
