@@ -689,7 +689,7 @@ fn e2e_ratio() {
     let url: http::Uri = format!("{base}/Patient/123").parse().unwrap();
     // Alternate request by request, so that both sides see the same machine state; compare
     // trimmed mean latencies (the slowest 1% of each side dropped), i.e. throughput.
-    let pairs = 6_000;
+    let pairs = 20_000;
     let (mut plain, mut ours) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
     runtime.block_on(async {
         let make = || {
