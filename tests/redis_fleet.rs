@@ -36,7 +36,8 @@ fn prefix() -> String {
 }
 
 /// One instance: its own thread and runtime, a cell sharing tokens through Redis, three
-/// callers asking for the token until `stop`. Returns (calls, failed calls, adopted, fetched).
+/// callers asking for the token until `stop`. Returns (calls, failed calls, adopted, fetched,
+/// slowest call).
 fn instance(
     redis: String,
     prefix: String,
@@ -44,7 +45,7 @@ fn instance(
     fhir_base: String,
     store_policy: StorePolicy,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(u64, u64, u64, u64)> {
+) -> std::thread::JoinHandle<(u64, u64, u64, u64, Duration)> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -67,23 +68,26 @@ fn instance(
                     let auth = auth.clone();
                     let stop = Arc::clone(&stop);
                     tokio::spawn(async move {
-                        let (mut calls, mut failed) = (0, 0);
+                        let (mut calls, mut failed, mut slowest) = (0, 0, Duration::ZERO);
                         while !stop.load(Ordering::Relaxed) {
                             calls += 1;
+                            let started = std::time::Instant::now();
                             if auth.token().await.is_err() {
                                 failed += 1;
                             }
+                            slowest = slowest.max(started.elapsed());
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
-                        (calls, failed)
+                        (calls, failed, slowest)
                     })
                 })
                 .collect();
-            let (mut calls, mut failed) = (0, 0);
+            let (mut calls, mut failed, mut slowest) = (0, 0, Duration::ZERO);
             for caller in callers {
-                let (c, f) = caller.await.unwrap();
+                let (c, f, s) = caller.await.unwrap();
                 calls += c;
                 failed += f;
+                slowest = slowest.max(s);
             }
             let stats = auth.stats();
             (
@@ -91,6 +95,7 @@ fn instance(
                 failed,
                 stats.adopted_from_store,
                 stats.fetches_ok - stats.adopted_from_store,
+                slowest,
             )
         })
     })
@@ -208,6 +213,10 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -224,6 +233,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -236,6 +246,25 @@ impl PrivateRedis {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Freezes the server for `seconds` (`DEBUG SLEEP`: it answers nobody meanwhile), from a
+    /// thread of its own; the returned handle joins when the server answers again.
+    fn freeze(&self, seconds: u32) -> std::thread::JoinHandle<String> {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("redis://").to_owned();
+        std::thread::spawn(move || {
+            let mut connection = std::net::TcpStream::connect(address).unwrap();
+            let seconds = seconds.to_string();
+            let command = format!(
+                "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{seconds}\r\n",
+                seconds.len()
+            );
+            connection.write_all(command.as_bytes()).unwrap();
+            let mut reply = [0u8; 64];
+            let n = connection.read(&mut reply).unwrap();
+            String::from_utf8_lossy(&reply[..n]).into_owned()
+        })
     }
 
     fn stop(&mut self) {
@@ -299,4 +328,61 @@ async fn redis_stopped_mid_run_fails_no_request() {
         during_outage >= 3,
         "each instance fetched for itself without Redis: {during_outage}"
     );
+}
+
+/// A Redis that hangs (here: frozen for 2 s with `DEBUG SLEEP`) costs each store operation its
+/// 300 ms bound, never a request: instances keep their tokens and fetch their own renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_fails_no_request_and_delays_none_long() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(redis) = PrivateRedis::start_with(&["--enable-debug-command", "yes"]) else {
+        eprintln!("skipped: no redis-server binary to start");
+        return;
+    };
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefix = prefix();
+    let instances: Vec<_> = (0..3)
+        .map(|_| {
+            instance(
+                redis.url.clone(),
+                prefix.clone(),
+                mock.token_endpoint(),
+                mock.fhir_base_url(),
+                fleet_policy(),
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = mock.stats().token_requests;
+    let frozen = redis.freeze(2);
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let during = mock.stats().token_requests - before;
+    assert_eq!(frozen.join().unwrap(), "+OK\r\n", "the server was frozen");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = instances.into_iter().map(|i| i.join().unwrap()).collect();
+    assert_eq!(
+        results.iter().map(|r| r.1).sum::<u64>(),
+        0,
+        "no call failed"
+    );
+    let slowest = results.iter().map(|r| r.4).max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(700),
+        "no call waited for the frozen store: slowest {slowest:?}"
+    );
+    // Two lifetimes of 1 s tokens passed while the store was frozen: each instance renewed on
+    // its own at least once.
+    eprintln!("slowest call {slowest:?}, token requests while frozen: {during}");
+    assert!(during >= 3, "token requests while frozen: {during}");
+    assert_eq!(mock.stats().token_requests_failed, 0);
 }
