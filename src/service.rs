@@ -39,8 +39,9 @@ use crate::token::{LocalToken, TokenReader};
 /// replay is returned as is. When the body cannot be replayed, or the renewal fails, the original
 /// `401` is returned.
 ///
-/// Replaying needs a copy of the request (its headers, extensions and body) taken before it is
-/// sent, and a clone of the inner service: that copy is the price of transparent renewal.
+/// Replaying needs a copy of the request taken before it is sent (its URI and headers copied
+/// into one buffer, its extensions and body cloned) and a clone of the inner service: that copy,
+/// one allocation per request, is the price of transparent renewal.
 /// [`replay_on_401(false)`](crate::KoppeltaalAuthLayer::replay_on_401) turns it off.
 ///
 /// # Layer order
