@@ -553,6 +553,8 @@ fn refresh_boundary_report() {
     // Per case, per round: (p50, p99, max, requests, fetches).
     type Round = (Duration, Duration, Duration, usize, u64);
     let mut results: [Vec<Round>; 3] = Default::default();
+    // Per case, every latency of every round.
+    let mut pooled: [Vec<Duration>; 3] = Default::default();
     for _ in 0..rounds {
         let cases = [
             (slow(DAY), RefreshPolicy::default()),
@@ -562,6 +564,7 @@ fn refresh_boundary_report() {
         for (i, (source, policy)) in cases.into_iter().enumerate() {
             let fetches = source.clone();
             let latencies = stream_latencies(source, policy, run);
+            pooled[i].extend_from_slice(&latencies);
             results[i].push((
                 percentile(&latencies, 0.5),
                 percentile(&latencies, 0.99),
@@ -595,9 +598,26 @@ fn refresh_boundary_report() {
         );
     }
     println!(
-        "p99 ratio proactive / static = {:.2} (target <= 1.10); refresh on expiry / static = {:.0}",
+        "p99 ratio (medians of per-round p99s) proactive / static = {:.2}; refresh on expiry / \
+         static = {:.0}",
         p99s[1].as_secs_f64() / p99s[0].as_secs_f64(),
         p99s[2].as_secs_f64() / p99s[0].as_secs_f64()
+    );
+    // A round's p99 is its 15th-slowest request; over all rounds it is the 135th, a steadier
+    // estimate of the stream's p99.
+    let pooled_p99: Vec<f64> = pooled
+        .iter_mut()
+        .map(|latencies| {
+            latencies.sort_unstable();
+            percentile(latencies, 0.99).as_secs_f64()
+        })
+        .collect();
+    println!(
+        "p99 ratio (all rounds pooled, {} requests per case) proactive / static = {:.2} \
+         (target <= 1.10); refresh on expiry / static = {:.0}",
+        pooled[0].len(),
+        pooled_p99[1] / pooled_p99[0],
+        pooled_p99[2] / pooled_p99[0]
     );
 }
 
