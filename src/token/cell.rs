@@ -1,7 +1,8 @@
 //! `TokenCell`: the shared token behind every request.
 //!
-//! Reads are one arc-swap load. Refreshes are single-flight and run on a spawned task, so a
-//! dropped caller never cancels one; every waiter of an attempt gets its outcome. A guard resets
+//! Reads are one arc-swap load. Refreshes are single-flight and run on a spawned task (or on the
+//! background refresher's own task, when it starts them), so a dropped caller never cancels one;
+//! every waiter of an attempt gets its outcome. A guard resets
 //! the in-flight state whatever way the attempt ends (success, error, panic, cancellation).
 
 use std::collections::BTreeMap;
@@ -619,6 +620,12 @@ impl Shared {
     /// the backoff says not yet, or the token the caller lacked (usable, of a generation after
     /// `after`, and for a proactive refresh not yet stale) was installed since it looked.
     fn kick(self: &Arc<Self>, now: Instant, reason: Reason, after: u64) -> Kick {
+        self.kick_with(now, reason, after, true)
+    }
+
+    /// As [`kick`](Self::kick); with `spawn` false a new refresh is never spawned but handed back
+    /// as [`Kick::RunHere`] for the caller to run.
+    fn kick_with(self: &Arc<Self>, now: Instant, reason: Reason, after: u64, spawn: bool) -> Kick {
         let tx = {
             let mut sched = self.lock();
             // Tokens are installed under this lock, so this check cannot race with one.
@@ -648,11 +655,11 @@ impl Shared {
         // Spawned outside the lock: a runtime shutting down drops the task at once, and the
         // flight guard's drop takes the lock.
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+            Ok(runtime) if spawn => {
                 runtime.spawn(run_flight(Arc::clone(self), tx, reason));
                 Kick::Running(rx)
             }
-            Err(_) => Kick::RunHere(tx, rx),
+            _ => Kick::RunHere(tx, rx),
         }
     }
 
@@ -924,7 +931,12 @@ async fn background(weak: Weak<Shared>, wake: Arc<Notify>) {
                 if let Some(cached) = shared.current.load().as_ref() {
                     cached.clock_free.store(false, Ordering::Relaxed);
                 }
-                let _ = shared.kick(Instant::now(), reason, 0);
+                // Run the refresh on this task rather than a spawned one: one task and two
+                // wakeups less per refresh. Waiters and callers see it as any other flight.
+                if let Kick::RunHere(tx, _) = shared.kick_with(Instant::now(), reason, 0, false) {
+                    run_flight(shared, tx, reason).await;
+                    continue;
+                }
                 None
             } else {
                 due.map(|(at, _)| at)
