@@ -472,6 +472,63 @@ fn a_refresh_cancelled_by_runtime_shutdown_does_not_wedge_the_cell() {
     });
 }
 
+/// The background refresher runs a proactive refresh on its own task: a runtime that shuts down
+/// mid-fetch must leave the cell able to refresh on the next runtime.
+#[test]
+fn a_proactive_refresh_cut_off_by_runtime_shutdown_does_not_wedge_the_cell() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let cell = first.block_on(async {
+        let cell = TokenCell::new(source.clone(), exact());
+        assert_eq!(cell.token().await.unwrap().generation(), 1);
+        source.close_gate();
+        // Past the refresh point (60 s before expiry): the refresher starts the fetch, which
+        // waits at the gate.
+        tokio::time::sleep(secs(241)).await;
+        run_until(|| source.fetches_started() == 2).await;
+        cell
+    });
+    // Shutting the runtime down drops the refresher, and its fetch, mid-flight.
+    drop(first);
+    source.open_gate();
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    second.block_on(async {
+        // Each paused runtime starts its clock at the real time: catch up with the first one,
+        // whose clock had moved 241 s ahead.
+        tokio::time::sleep(secs(242)).await;
+        // Not wedged "refreshing": after a rejection a renewal runs and completes (after the
+        // backoff that the recorded abort imposes).
+        cell.invalidate(1);
+        let mut renewed = None;
+        for _ in 0..100 {
+            match cell.token().await {
+                Ok(token) => {
+                    renewed = Some(token);
+                    break;
+                }
+                Err(err) => {
+                    assert_eq!(err.kind(), ErrorKind::RefreshAborted);
+                    tokio::time::sleep(ms(200)).await;
+                }
+            }
+        }
+        assert_eq!(renewed.expect("renewed").generation(), 2);
+        assert_eq!(source.fetches_started(), 3);
+        // And a refresher runs again on this runtime.
+        tokio::time::sleep(secs(241)).await;
+        run_until(|| source.fetches_started() == 4).await;
+        assert_eq!(cell.token().await.unwrap().generation(), 3);
+    });
+}
+
 #[tokio::test(start_paused = true)]
 async fn stats_report_the_state() {
     let source = FakeTokenSource::new().with_lifetime(secs(300));
