@@ -185,6 +185,10 @@ impl StorePolicy {
 
     /// How long one store operation may take before the store counts as unavailable. Defaults
     /// to 300 ms.
+    ///
+    /// A store may bound its operations more tightly itself: `RedisTokenStore` gives up on a
+    /// connection or a reply after 250 ms (with one retry), so for Redis a value above that only
+    /// matters when the retry is needed.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
         self
