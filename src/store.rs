@@ -187,8 +187,7 @@ impl StorePolicy {
     /// to 300 ms.
     ///
     /// A store may bound its operations more tightly itself: `RedisTokenStore` gives up on a
-    /// connection or a reply after 250 ms (with one retry), so for Redis a value above that only
-    /// matters when the retry is needed.
+    /// connection attempt or a reply after 250 ms.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
         self
