@@ -70,13 +70,14 @@ impl<S, B> Retry<S, B> {
 /// atomic counts that the thread sending the request, and every other request with the same
 /// URI, also write). Replays are rare; the URI and the map are rebuilt only for one.
 struct HeadSnapshot {
-    /// The scheme, authority and path-and-query, each as a length (`u32`, little endian;
-    /// `u32::MAX` when absent) and its bytes; then per header a sensitive flag byte, name and
-    /// value lengths, the name and the value.
+    /// Fields, each a length (`u32`, little endian; `u32::MAX` when absent) and its bytes: the
+    /// scheme, authority and path-and-query; then per header a sensitive flag byte, its name and
+    /// its value.
     bytes: Vec<u8>,
     headers: usize,
 }
 
+/// The length of an absent field.
 const ABSENT: u32 = u32::MAX;
 
 impl HeadSnapshot {
@@ -92,22 +93,16 @@ impl HeadSnapshot {
             .sum::<usize>()
             + headers
                 .iter()
-                .map(|(name, value)| 1 + 4 + 4 + name.as_str().len() + value.len())
+                .map(|(name, value)| 1 + 4 + name.as_str().len() + 4 + value.len())
                 .sum::<usize>();
         let mut bytes = Vec::with_capacity(size);
         for part in parts {
-            match part {
-                Some(part) => push_with_len(&mut bytes, part.as_bytes()),
-                None => bytes.extend_from_slice(&ABSENT.to_le_bytes()),
-            }
+            put(&mut bytes, part.map(str::as_bytes));
         }
         for (name, value) in headers {
             bytes.push(u8::from(value.is_sensitive()));
-            let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-            bytes.extend_from_slice(&len_u32(name).to_le_bytes());
-            bytes.extend_from_slice(&len_u32(value).to_le_bytes());
-            bytes.extend_from_slice(name);
-            bytes.extend_from_slice(value);
+            put(&mut bytes, Some(name.as_str().as_bytes()));
+            put(&mut bytes, Some(value.as_bytes()));
         }
         Self {
             bytes,
@@ -118,60 +113,54 @@ impl HeadSnapshot {
     fn rebuild(&self) -> Option<(http::Uri, http::HeaderMap)> {
         let mut rest = self.bytes.as_slice();
         let mut uri = http::Uri::builder();
-        if let Some(scheme) = take_optional(&mut rest)? {
+        if let Some(scheme) = take(&mut rest)? {
             uri = uri.scheme(scheme);
         }
-        if let Some(authority) = take_optional(&mut rest)? {
+        if let Some(authority) = take(&mut rest)? {
             uri = uri.authority(authority);
         }
-        if let Some(path_and_query) = take_optional(&mut rest)? {
+        if let Some(path_and_query) = take(&mut rest)? {
             uri = uri.path_and_query(path_and_query);
         }
         let uri = uri.build().ok()?;
         let mut headers = http::HeaderMap::with_capacity(self.headers);
         while let Some((&flag, tail)) = rest.split_first() {
-            let (name_len, tail) = take_len(tail)?;
-            let (value_len, tail) = take_len(tail)?;
-            let (name, tail) = tail.split_at_checked(name_len)?;
-            let (value, tail) = tail.split_at_checked(value_len)?;
-            let mut value = http::HeaderValue::from_bytes(value).ok()?;
-            value.set_sensitive(flag != 0);
-            headers.append(http::HeaderName::from_bytes(name).ok()?, value);
             rest = tail;
+            let name = http::HeaderName::from_bytes(take(&mut rest)??).ok()?;
+            let mut value = http::HeaderValue::from_bytes(take(&mut rest)??).ok()?;
+            value.set_sensitive(flag != 0);
+            headers.append(name, value);
         }
         // A buffer cut at a header boundary would parse: the count catches it.
         (headers.len() == self.headers).then_some((uri, headers))
     }
 }
 
-/// A length as stored: URI parts, header names and values are far below 4 GiB (the http crate
-/// and every server bound them); a longer one would be refused at rebuild, never misread.
-fn len_u32(bytes: &[u8]) -> u32 {
-    u32::try_from(bytes.len()).unwrap_or(ABSENT)
+/// Appends a field. One of 4 GiB or more (no server takes such a header; the http crate caps a
+/// URI at 64 KiB) is stored as absent, which a header position refuses at rebuild: the replay is
+/// then given up, never sent with a different header.
+fn put(buffer: &mut Vec<u8>, field: Option<&[u8]>) {
+    match field.and_then(|field| Some((u32::try_from(field.len()).ok()?, field))) {
+        Some((len, field)) if len != ABSENT => {
+            buffer.extend_from_slice(&len.to_le_bytes());
+            buffer.extend_from_slice(field);
+        }
+        _ => buffer.extend_from_slice(&ABSENT.to_le_bytes()),
+    }
 }
 
-fn push_with_len(buffer: &mut Vec<u8>, bytes: &[u8]) {
-    buffer.extend_from_slice(&len_u32(bytes).to_le_bytes());
-    buffer.extend_from_slice(bytes);
-}
-
-fn take_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
-    let (len, tail) = bytes.split_first_chunk::<4>()?;
-    let len = u32::from_le_bytes(*len);
-    (len != ABSENT).then_some((usize::try_from(len).ok()?, tail))
-}
-
-/// An optional part: `Some(None)` when absent, `None` when the buffer is damaged.
-fn take_optional<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+/// Takes a field off the front of `rest`: `Some(None)` when absent, `None` when the buffer is
+/// damaged.
+fn take<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     let (len, tail) = rest.split_first_chunk::<4>()?;
-    if u32::from_le_bytes(*len) == ABSENT {
+    let len = u32::from_le_bytes(*len);
+    if len == ABSENT {
         *rest = tail;
         return Some(None);
     }
-    let (len, tail) = take_len(rest)?;
-    let (part, tail) = tail.split_at_checked(len)?;
+    let (field, tail) = tail.split_at_checked(usize::try_from(len).ok()?)?;
     *rest = tail;
-    Some(Some(part))
+    Some(Some(field))
 }
 
 pin_project! {
