@@ -436,24 +436,26 @@ fn token_acquisition(c: &mut Criterion) {
     group.finish();
 }
 
+/// An axum server on loopback that answers every request with a small FHIR resource, and a
+/// warm authenticator for its base URL (replay on, the default).
+async fn loopback_fhir_server() -> (String, Authenticator) {
+    let app = axum::Router::new().fallback(|| async { "{\"resourceType\":\"Patient\"}" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = format!("http://{addr}/fhir");
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(&base)
+        .token_source(FakeTokenSource::new().with_lifetime(DAY))
+        .build()
+        .unwrap();
+    auth.ready().await.unwrap();
+    (base, auth)
+}
+
 fn end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let base = runtime.block_on(async {
-        let app = axum::Router::new().fallback(|| async { "{\"resourceType\":\"Patient\"}" });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}/fhir")
-    });
-    let auth = runtime.block_on(async {
-        let auth = KoppeltaalAuth::builder()
-            .fhir_base_url(&base)
-            .token_source(FakeTokenSource::new().with_lifetime(DAY))
-            .build()
-            .unwrap();
-        auth.ready().await.unwrap();
-        auth
-    });
+    let (base, auth) = runtime.block_on(loopback_fhir_server());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Body>();
     let url = format!("{base}/Patient/123");
@@ -689,20 +691,7 @@ fn warm_path_ratios() {
 /// HTTP, with and without the layer; median requests per second.
 fn e2e_ratio() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (base, auth) = runtime.block_on(async {
-        let app = axum::Router::new().fallback(|| async { "{\"resourceType\":\"Patient\"}" });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let base = format!("http://{addr}/fhir");
-        let auth = KoppeltaalAuth::builder()
-            .fhir_base_url(&base)
-            .token_source(FakeTokenSource::new().with_lifetime(DAY))
-            .build()
-            .unwrap();
-        auth.ready().await.unwrap();
-        (base, auth)
-    });
+    let (base, auth) = runtime.block_on(loopback_fhir_server());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Body>();
     let layered = auth.layer().layer(client.clone());

@@ -279,6 +279,38 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A mock with 1 s tokens and three instances sharing them through the Redis at `url`, running
+/// until `stop` is set.
+async fn three_instances_on(
+    url: &str,
+) -> (
+    MockKoppeltaal,
+    Arc<AtomicBool>,
+    Vec<std::thread::JoinHandle<(u64, u64, u64, u64, Duration)>>,
+) {
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prefix = prefix();
+    let instances = (0..3)
+        .map(|_| {
+            instance(
+                url.to_owned(),
+                prefix.clone(),
+                mock.token_endpoint(),
+                mock.fhir_base_url(),
+                fleet_policy(),
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    (mock, stop, instances)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_run_fails_no_request() {
     if redis_url().is_none() {
@@ -288,26 +320,7 @@ async fn redis_stopped_mid_run_fails_no_request() {
         eprintln!("skipped: no redis-server binary to start and stop");
         return;
     };
-    let mock = MockKoppeltaal::builder()
-        .token_lifetime(Duration::from_secs(1))
-        .start()
-        .await
-        .unwrap();
-    mock.register_key(CLIENT_ID, &rsa_key());
-    let stop = Arc::new(AtomicBool::new(false));
-    let prefix = prefix();
-    let instances: Vec<_> = (0..3)
-        .map(|_| {
-            instance(
-                redis.url.clone(),
-                prefix.clone(),
-                mock.token_endpoint(),
-                mock.fhir_base_url(),
-                fleet_policy(),
-                Arc::clone(&stop),
-            )
-        })
-        .collect();
+    let (mock, stop, instances) = three_instances_on(&redis.url).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before_outage = mock.stats().token_requests;
     redis.stop();
@@ -341,26 +354,7 @@ async fn a_redis_that_hangs_fails_no_request_and_delays_none_long() {
         eprintln!("skipped: no redis-server binary to start");
         return;
     };
-    let mock = MockKoppeltaal::builder()
-        .token_lifetime(Duration::from_secs(1))
-        .start()
-        .await
-        .unwrap();
-    mock.register_key(CLIENT_ID, &rsa_key());
-    let stop = Arc::new(AtomicBool::new(false));
-    let prefix = prefix();
-    let instances: Vec<_> = (0..3)
-        .map(|_| {
-            instance(
-                redis.url.clone(),
-                prefix.clone(),
-                mock.token_endpoint(),
-                mock.fhir_base_url(),
-                fleet_policy(),
-                Arc::clone(&stop),
-            )
-        })
-        .collect();
+    let (mock, stop, instances) = three_instances_on(&redis.url).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = mock.stats().token_requests;
     let frozen = redis.freeze(2);
