@@ -23,6 +23,15 @@ fn exact() -> RefreshPolicy {
     RefreshPolicy::default().refresh_jitter(0.0)
 }
 
+/// A current-thread runtime whose clock starts paused (each one's clock starts at the real time).
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// Lets spawned tasks run until `done` holds, without letting the paused clock advance.
 async fn run_until(mut done: impl FnMut() -> bool) {
     for _ in 0..100_000 {
@@ -448,11 +457,7 @@ fn a_refresh_cancelled_by_runtime_shutdown_does_not_wedge_the_cell() {
     // Shutting the runtime down drops the refresh task mid-fetch.
     drop(first);
     source.open_gate();
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let second = paused_runtime();
     second.block_on(async {
         let err = cell.token().await.map(|t| t.generation());
         // Either the abort was recorded (a backoff of 200 ms, then success) or not at all.
@@ -477,11 +482,7 @@ fn a_refresh_cancelled_by_runtime_shutdown_does_not_wedge_the_cell() {
 #[test]
 fn a_proactive_refresh_cut_off_by_runtime_shutdown_does_not_wedge_the_cell() {
     let source = FakeTokenSource::new().with_lifetime(secs(300));
-    let first = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let first = paused_runtime();
     let cell = first.block_on(async {
         let cell = TokenCell::new(source.clone(), exact());
         assert_eq!(cell.token().await.unwrap().generation(), 1);
@@ -495,11 +496,7 @@ fn a_proactive_refresh_cut_off_by_runtime_shutdown_does_not_wedge_the_cell() {
     // Shutting the runtime down drops the refresher, and its fetch, mid-flight.
     drop(first);
     source.open_gate();
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let second = paused_runtime();
     second.block_on(async {
         // Each paused runtime starts its clock at the real time: catch up with the first one,
         // whose clock had moved 241 s ahead.
@@ -585,11 +582,7 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
 #[test]
 fn without_its_background_refresher_the_cell_checks_the_clock_again() {
     let source = FakeTokenSource::new().with_lifetime(secs(2));
-    let first = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let first = paused_runtime();
     let cell = first.block_on(async {
         let cell = TokenCell::new(source.clone(), exact());
         cell.ready().await.unwrap();
@@ -597,11 +590,7 @@ fn without_its_background_refresher_the_cell_checks_the_clock_again() {
     });
     // The runtime, and with it the background refresher, goes away.
     drop(first);
-    let second = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let second = paused_runtime();
     second.block_on(async {
         tokio::time::advance(secs(3)).await;
         assert!(
