@@ -10,6 +10,8 @@
 //! - `assertion/sign_*`, `token/fetch_*`: the cost of a token request: signing, and a whole fetch
 //!   from `MockKoppeltaal` on loopback.
 //! - `e2e/{no_layer,koppeltaal_auth}`: hyper-util's client over loopback HTTP to a local server.
+//!   The `e2e_ratio` report (in `benches/common`) is also run with mimalloc as the allocator, by
+//!   `benches/e2e_mimalloc.rs`.
 //! - `refresh_boundary`: not a criterion measurement but a latency distribution (p50/p99/max) of a
 //!   steady request stream while 400 ms tokens are refreshed from a source that takes 50 ms,
 //!   printed as a table.
@@ -28,35 +30,21 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group};
-use http::header::{ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, USER_AGENT};
+use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use koppeltaal_auth::testing::{FakeTokenSource, MockKoppeltaal};
 use koppeltaal_auth::{
     Algorithm, Authenticator, ClientAssertion, ClientCredentials, KoppeltaalAuth, RefreshPolicy,
     SigningKey, TokenSource,
 };
-use pin_project_lite::pin_project;
+
+mod common;
+use common::{Body, CloneForRetry, DAY, e2e_ratio, loopback_fhir_server, request};
 use tower::{Layer, Service, ServiceExt};
 
-type Body = Full<Bytes>;
-
 const BASE: &str = "https://fhir.example.org/fhir/DEFAULT";
-const DAY: Duration = Duration::from_secs(86_400);
-
-/// A FHIR read as a client sends it.
-fn request() -> Request<Body> {
-    Request::get("https://fhir.example.org/fhir/DEFAULT/Patient/123?_format=json")
-        .header(ACCEPT, "application/fhir+json")
-        .header(ACCEPT_ENCODING, "gzip")
-        .header(USER_AGENT, "koppeltaal-client/1.0")
-        .header("x-request-id", "7d9f1c2e-5b1a-4c39-9f47-0c6b1e2d3a4f")
-        .header("x-correlation-id", "b2c4e6f8-1a3b-4c5d-8e9f-0a1b2c3d4e5f")
-        .body(Body::default())
-        .unwrap()
-}
 
 /// The innermost service: answers at once.
 fn inner()
@@ -99,57 +87,6 @@ fn warm_authenticator(runtime: &tokio::runtime::Runtime, replay: bool) -> Authen
         auth.ready().await.unwrap();
         auth
     })
-}
-
-pin_project! {
-    /// Keeps a copy of the request and of the service until the response is in, as tower's
-    /// `Retry` does with `Policy::clone_request`.
-    struct KeepCopy<F, S> {
-        #[pin]
-        future: F,
-        copy: Option<(Request<Body>, S)>,
-    }
-}
-
-impl<F: Future, S> Future for KeepCopy<F, S> {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let output = std::task::ready!(this.future.poll(cx));
-        black_box(this.copy.take());
-        Poll::Ready(output)
-    }
-}
-
-#[derive(Clone)]
-struct CloneForRetry<S>(S);
-
-fn clone_request(request: &Request<Body>) -> Request<Body> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
-}
-
-impl<S: Service<Request<Body>> + Clone> Service<Request<Body>> for CloneForRetry<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = KeepCopy<S::Future, S>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let copy = Some((clone_request(&request), self.0.clone()));
-        KeepCopy {
-            future: self.0.call(request),
-            copy,
-        }
-    }
 }
 
 fn warm_path(c: &mut Criterion) {
@@ -436,23 +373,6 @@ fn token_acquisition(c: &mut Criterion) {
     group.finish();
 }
 
-/// An axum server on loopback that answers every request with a small FHIR resource, and a
-/// warm authenticator for its base URL (replay on, the default).
-async fn loopback_fhir_server() -> (String, Authenticator) {
-    let app = axum::Router::new().fallback(|| async { "{\"resourceType\":\"Patient\"}" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let base = format!("http://{addr}/fhir");
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url(&base)
-        .token_source(FakeTokenSource::new().with_lifetime(DAY))
-        .build()
-        .unwrap();
-    auth.ready().await.unwrap();
-    (base, auth)
-}
-
 fn end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (base, auth) = runtime.block_on(loopback_fhir_server());
@@ -687,121 +607,6 @@ fn warm_path_ratios() {
     );
 }
 
-/// End-to-end throughput measured interleaved: rounds of sequential requests over loopback
-/// HTTP, with and without the layer; median requests per second.
-fn e2e_ratio() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (base, auth) = runtime.block_on(loopback_fhir_server());
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Body>();
-    let layered = auth.layer().layer(client.clone());
-    let url: http::Uri = format!("{base}/Patient/123").parse().unwrap();
-    // Alternate request by request, so that both sides see the same machine state; compare
-    // trimmed mean latencies (the slowest 1% of each side dropped), i.e. throughput.
-    let pairs = 20_000;
-    let (mut plain, mut ours) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
-    runtime.block_on(async {
-        let make = || {
-            let mut request = request();
-            *request.uri_mut() = url.clone();
-            request
-        };
-        for pair in 0..pairs {
-            // Swap which goes first every pair: the second request of a pair finds the pooled
-            // connection in a different state than the first.
-            for side in [pair % 2, 1 - pair % 2] {
-                let start = Instant::now();
-                if side == 0 {
-                    let response = client.clone().oneshot(make()).await.unwrap();
-                    black_box(response.into_body().collect().await.unwrap());
-                    plain.push(start.elapsed());
-                } else {
-                    let response = layered.clone().oneshot(make()).await.unwrap();
-                    black_box(response.into_body().collect().await.unwrap());
-                    ours.push(start.elapsed());
-                }
-            }
-        }
-    });
-    let trimmed_mean = |v: &mut Vec<Duration>| {
-        v.sort_unstable();
-        let kept = &v[..v.len() * 99 / 100];
-        kept.iter().sum::<Duration>().as_secs_f64() / kept.len() as f64
-    };
-    let (plain, ours) = (trimmed_mean(&mut plain), trimmed_mean(&mut ours));
-    println!(
-        "\ne2e, one request at a time, alternating ({pairs} request pairs, trimmed means): \
-         no layer {:.0} req/s, koppeltaal_auth {:.0} req/s, ratio {:.3}",
-        1.0 / plain,
-        1.0 / ours,
-        plain / ours
-    );
-    // Throughput: both cores busy with 32 concurrent request streams (the pool opens as many
-    // connections), rounds rotating between the sides; medians. tower-http's static
-    // `AddAuthorization` is measured too: the cost of one more header on the wire, the floor.
-    let floor =
-        tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
-    let (tasks, per_task, rounds) = (32, 150, 15);
-    let mut rps: [Vec<f64>; 3] = Default::default();
-    runtime.block_on(async {
-        // Warm the pool to its working size first.
-        e2e_load(&client, &url, tasks, 20).await;
-        for round in 0..rounds {
-            for k in 0..3 {
-                let side = (round + k) % 3;
-                rps[side].push(match side {
-                    0 => e2e_load(&client, &url, tasks, per_task).await,
-                    1 => e2e_load(&floor, &url, tasks, per_task).await,
-                    _ => e2e_load(&layered, &url, tasks, per_task).await,
-                });
-            }
-        }
-    });
-    let [plain, floor, ours] = rps.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    });
-    println!(
-        "e2e throughput, {tasks} concurrent streams ({rounds} rounds of {} requests per side, \
-         medians): no layer {plain:.0} req/s, add_authorization {floor:.0} req/s, \
-         koppeltaal_auth {ours:.0} req/s; koppeltaal_auth / no layer {:.3} (target >= 0.97), \
-         add_authorization / no layer {:.3}, koppeltaal_auth / add_authorization {:.3}",
-        tasks * per_task,
-        ours / plain,
-        floor / plain,
-        ours / floor
-    );
-}
-
-/// End-to-end throughput under load: `tasks` tasks each send `per_task` sequential requests
-/// through clones of `service` at once; requests per second.
-async fn e2e_load<S>(service: &S, url: &http::Uri, tasks: usize, per_task: usize) -> f64
-where
-    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug,
-{
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let service = service.clone();
-            let url = url.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    let mut request = request();
-                    *request.uri_mut() = url.clone();
-                    let response = service.clone().oneshot(request).await.unwrap();
-                    black_box(response.into_body().collect().await.unwrap());
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.await.unwrap();
-    }
-    (tasks * per_task) as f64 / start.elapsed().as_secs_f64()
-}
-
 /// Contention measured interleaved: for each task count, rounds of the three holders in turn;
 /// median nanoseconds per request.
 fn contention_ratios() {
@@ -888,7 +693,7 @@ fn main() {
         contention_ratios();
     }
     if wanted("e2e_ratio") {
-        e2e_ratio();
+        e2e_ratio("system allocator");
     }
     if wanted("refresh_boundary") {
         refresh_boundary_report();
