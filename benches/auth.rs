@@ -543,11 +543,12 @@ fn refresh_boundary_report() {
     );
 }
 
-/// Median nanoseconds per call of two services over `rounds` rounds of `batch` calls each,
-/// interleaved round by round, so that both see the same machine state (this machine's load
-/// drifts from one criterion benchmark to the next more than the differences measured). As in
-/// criterion's `iter_batched`, requests are built and responses dropped outside the timing.
-fn interleaved<A, B>(a: &mut A, b: &mut B, batch: usize, rounds: usize) -> (f64, f64)
+/// Median nanoseconds per call of two services over `rounds` rounds of `batch` calls each, and
+/// the median of the per-round ratios (a / b), interleaved round by round (alternating which
+/// goes first), so that both see the same machine state (this machine's load drifts from one
+/// criterion benchmark to the next more than the differences measured). As in criterion's
+/// `iter_batched`, requests are built and responses dropped outside the timing.
+fn interleaved<A, B>(a: &mut A, b: &mut B, batch: usize, rounds: usize) -> (f64, f64, f64)
 where
     A: Service<Request<Body>>,
     A::Error: std::fmt::Debug,
@@ -569,16 +570,25 @@ where
         drop(responses);
         elapsed.as_nanos() as f64 / batch as f64
     }
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        xs.push(round(a, batch));
-        ys.push(round(b, batch));
+    let (mut xs, mut ys, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..rounds {
+        // Alternate which side goes first.
+        let (x, y) = if n % 2 == 0 {
+            let x = round(a, batch);
+            (x, round(b, batch))
+        } else {
+            let y = round(b, batch);
+            (round(a, batch), y)
+        };
+        xs.push(x);
+        ys.push(y);
+        ratios.push(x / y);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (median(&mut xs), median(&mut ys))
+    (median(&mut xs), median(&mut ys), median(&mut ratios))
 }
 
 /// Warm-path ratios measured interleaved (see `interleaved`), the numbers the targets are
@@ -590,25 +600,26 @@ fn warm_path_ratios() {
     let static_auth = tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1");
     let batch = 10_000;
     let rounds = 41;
-    println!("\nwarm_path ratios, interleaved ({rounds} rounds of {batch} calls, medians)");
+    println!(
+        "\nwarm_path ratios, interleaved ({rounds} rounds of {batch} calls; medians of ns per call, \
+         and of the ratios within each round)"
+    );
     let mut floor = static_auth.layer(inner());
     let mut ours = no_replay.layer().layer(inner());
-    let (ns_ours, ns_floor) = interleaved(&mut ours, &mut floor, batch, rounds);
+    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds);
     println!(
-        "  koppeltaal_auth_no_replay {ns_ours:7.1} ns / add_authorization {ns_floor:7.1} ns = {:.3} (target <= 1.10)",
-        ns_ours / ns_floor
+        "  koppeltaal_auth_no_replay {ns_ours:7.1} ns / add_authorization {ns_floor:7.1} ns: {ratio:.3} (target <= 1.10)"
     );
     let mut floor = CloneForRetry(static_auth.layer(inner()));
     let mut ours = replay.layer().layer(inner());
-    let (ns_ours, ns_floor) = interleaved(&mut ours, &mut floor, batch, rounds);
+    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds);
     println!(
-        "  koppeltaal_auth {ns_ours:7.1} ns / add_authorization_replayable {ns_floor:7.1} ns = {:.3} (target <= 1.05)",
-        ns_ours / ns_floor
+        "  koppeltaal_auth {ns_ours:7.1} ns / add_authorization_replayable {ns_floor:7.1} ns: {ratio:.3} (target <= 1.05)"
     );
 }
 
-/// Contention measured interleaved: for each task count, rounds of the three holders in turn;
-/// median nanoseconds per request.
+/// Contention measured interleaved: for each task count, rounds of the three holders in turn
+/// (rotating the order); median nanoseconds per request and median per-round ratios.
 fn contention_ratios() {
     let Holders {
         runtime,
@@ -616,29 +627,42 @@ fn contention_ratios() {
         rwlock,
         koppeltaal: ours,
     } = holders();
-    let iters = 40_000;
-    println!("\ncontention, interleaved (21 rounds of {iters} requests, medians, ns per request)");
+    let (iters, rounds) = (40_000, 31);
     println!(
-        "{:>6} {:>10} {:>10} {:>16} {:>14} {:>14}",
-        "tasks", "mutex", "rwlock", "koppeltaal_auth", "vs mutex", "vs rwlock"
+        "\ncontention, interleaved ({rounds} rounds of {iters} requests; medians of ns per \
+         request, and of the ratios within each round, which the machine's drift over the rounds \
+         does not move)"
     );
+    println!(
+        "{:>6} {:>9} {:>9} {:>16} {:>9} {:>11} {:>10}",
+        "tasks", "mutex", "rwlock", "koppeltaal_auth", "vs mutex", "rounds won", "vs rwlock"
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for tasks in [1u64, 2, 8, 64] {
-        let (mut m, mut r, mut k) = (Vec::new(), Vec::new(), Vec::new());
         let per = |d: Duration| d.as_nanos() as f64 / iters as f64;
-        for _ in 0..21 {
-            m.push(per(hammer(&runtime, &mutex, tasks, iters)));
-            r.push(per(hammer(&runtime, &rwlock, tasks, iters)));
-            k.push(per(hammer(&runtime, &ours, tasks, iters)));
+        let mut ns = vec![[0.0; 3]; rounds];
+        for (round, ns) in ns.iter_mut().enumerate() {
+            // Rotate the order, so that no holder always runs right after the same other one.
+            for side in (0..3).map(|k| (round + k) % 3) {
+                ns[side] = per(match side {
+                    0 => hammer(&runtime, &mutex, tasks, iters),
+                    1 => hammer(&runtime, &rwlock, tasks, iters),
+                    _ => hammer(&runtime, &ours, tasks, iters),
+                });
+            }
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (m, r, k) = (median(&mut m), median(&mut r), median(&mut k));
+        let won = ns.iter().filter(|[m, _, k]| k < m).count();
         println!(
-            "{tasks:>6} {m:>10.1} {r:>10.1} {k:>16.1} {:>14.3} {:>14.3}",
-            k / m,
-            k / r
+            "{tasks:>6} {:>9.1} {:>9.1} {:>16.1} {:>9.3} {:>11} {:>10.3}",
+            median(ns.iter().map(|ns| ns[0]).collect()),
+            median(ns.iter().map(|ns| ns[1]).collect()),
+            median(ns.iter().map(|ns| ns[2]).collect()),
+            median(ns.iter().map(|[m, _, k]| k / m).collect()),
+            format!("{won}/{rounds}"),
+            median(ns.iter().map(|[_, r, k]| k / r).collect()),
         );
     }
 }
