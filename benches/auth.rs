@@ -683,41 +683,9 @@ criterion_group!(
     end_to_end
 );
 
-/// Criterion's positional filter argument, if any (option values are skipped).
-fn positional_filter() -> Option<String> {
-    const WITH_VALUE: [&str; 14] = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--save-baseline",
-        "--baseline",
-        "--load-baseline",
-        "--profile-time",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-    ];
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if WITH_VALUE.contains(&arg.as_str()) {
-            args.next();
-        } else if !arg.starts_with('-') {
-            return Some(arg);
-        }
-    }
-    None
-}
-
 fn main() {
     benches();
-    // The reports run unless a filter that does not match them was given
-    // (`cargo bench -- warm_path` runs only the criterion benches of that name).
-    let filter = positional_filter();
-    let wanted = |name: &str| filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
+    let wanted = common::report_wanted;
     if wanted("warm_path_ratios") {
         warm_path_ratios();
     }

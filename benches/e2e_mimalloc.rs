@@ -14,8 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     // `cargo bench -- <filter>` passes the filter on: run only when it names this report.
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    if filter.is_none_or(|f| "e2e_ratio_mimalloc".contains(f.as_str())) {
+    if common::report_wanted("e2e_ratio_mimalloc") {
         common::e2e_ratio("mimalloc");
     }
 }

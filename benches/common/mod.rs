@@ -50,6 +50,45 @@ pub(crate) async fn loopback_fhir_server() -> (String, Authenticator) {
     (base, auth)
 }
 
+/// Whether the report `name` should run: not when criterion only lists or tests the benches
+/// (`--list`, `--test`), nor when a filter was given that `name` does not contain
+/// (`cargo bench -- warm_path` runs only the criterion benches of that name).
+pub(crate) fn report_wanted(name: &str) -> bool {
+    if std::env::args().any(|arg| arg == "--list" || arg == "--test") {
+        return false;
+    }
+    positional_filter().is_none_or(|filter| name.contains(filter.as_str()))
+}
+
+/// Criterion's positional filter argument, if any (option values are skipped).
+fn positional_filter() -> Option<String> {
+    const WITH_VALUE: [&str; 14] = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--profile-time",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
+}
+
 /// End-to-end throughput measured interleaved, over loopback HTTP, with and without the layer.
 /// `allocator` names the global allocator of the running binary, for the printout.
 pub(crate) fn e2e_ratio(allocator: &str) {
