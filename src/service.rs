@@ -41,7 +41,9 @@ use crate::token::{LocalToken, TokenReader};
 ///
 /// Replaying needs a copy of the request taken before it is sent (its URI and headers copied
 /// into one buffer, its extensions and body cloned) and a clone of the inner service: that copy,
-/// one allocation per request, is the price of transparent renewal.
+/// one allocation per request plus whatever cloning the inner service costs (no allocation for
+/// hyper-util's client or a `service_fn`, one for a `BoxCloneService`), is the price of
+/// transparent renewal.
 /// [`replay_on_401(false)`](crate::KoppeltaalAuthLayer::replay_on_401) turns it off.
 ///
 /// # Layer order
