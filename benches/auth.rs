@@ -41,7 +41,9 @@ use koppeltaal_auth::{
 };
 
 mod common;
-use common::{Body, CloneForRetry, DAY, e2e_ratio, loopback_fhir_server, request};
+use common::{
+    Body, CloneForRetry, DAY, e2e_ratio, loopback_fhir_server, median, request, request_to,
+};
 use tower::{Layer, Service, ServiceExt};
 
 const BASE: &str = "https://fhir.example.org/fhir/DEFAULT";
@@ -378,24 +380,19 @@ fn end_to_end(c: &mut Criterion) {
     let (base, auth) = runtime.block_on(loopback_fhir_server());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Body>();
-    let url = format!("{base}/Patient/123");
-    let make = || {
-        let mut request = request();
-        *request.uri_mut() = url.parse().unwrap();
-        request
-    };
+    let url: http::Uri = format!("{base}/Patient/123").parse().unwrap();
     let mut group = c.benchmark_group("e2e");
     let plain = client.clone();
     group.bench_function("no_layer", |b| {
         b.to_async(&runtime).iter(|| async {
-            let response = plain.clone().oneshot(make()).await.unwrap();
+            let response = plain.clone().oneshot(request_to(&url)).await.unwrap();
             response.into_body().collect().await.unwrap()
         });
     });
     let layered = auth.layer().layer(client);
     group.bench_function("koppeltaal_auth", |b| {
         b.to_async(&runtime).iter(|| async {
-            let response = layered.clone().oneshot(make()).await.unwrap();
+            let response = layered.clone().oneshot(request_to(&url)).await.unwrap();
             response.into_body().collect().await.unwrap()
         });
     });
@@ -507,10 +504,6 @@ fn refresh_boundary_report() {
     );
     let mut p99s = Vec::new();
     for (name, rows) in names.iter().zip(&mut results) {
-        let median = |mut v: Vec<Duration>| {
-            v.sort_unstable();
-            v[v.len() / 2]
-        };
         let p50 = median(rows.iter().map(|r| r.0).collect());
         let p99 = median(rows.iter().map(|r| r.1).collect());
         let max = median(rows.iter().map(|r| r.2).collect());
@@ -520,17 +513,18 @@ fn refresh_boundary_report() {
             rows[0].3, rows[0].4
         );
     }
-    let mut per_round: Vec<f64> = results[1]
-        .iter()
-        .zip(&results[0])
-        .map(|(proactive, fixed)| proactive.1.as_secs_f64() / fixed.1.as_secs_f64())
-        .collect();
-    per_round.sort_by(f64::total_cmp);
+    let per_round = median(
+        results[1]
+            .iter()
+            .zip(&results[0])
+            .map(|(proactive, fixed)| proactive.1.as_secs_f64() / fixed.1.as_secs_f64())
+            .collect(),
+    );
     println!(
         "p99 ratio proactive / static: {:.2} (medians of per-round p99s), {:.2} (median of the \
          per-round ratios); refresh on expiry / static = {:.0}",
         p99s[1].as_secs_f64() / p99s[0].as_secs_f64(),
-        per_round[per_round.len() / 2],
+        per_round,
         p99s[2].as_secs_f64() / p99s[0].as_secs_f64()
     );
     // A round's p99 is its 15th-slowest request; over all rounds it is the 225th, a steadier
@@ -592,11 +586,7 @@ where
         ys.push(y);
         ratios.push(x / y);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(&mut xs), median(&mut ys), median(&mut ratios))
+    (median(xs), median(ys), median(ratios))
 }
 
 /// Warm-path ratios measured interleaved (see `interleaved`), the numbers the targets are
@@ -645,10 +635,6 @@ fn contention_ratios() {
         "{:>6} {:>9} {:>9} {:>16} {:>9} {:>11} {:>10}",
         "tasks", "mutex", "rwlock", "koppeltaal_auth", "vs mutex", "rounds won", "vs rwlock"
     );
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     for tasks in [1u64, 2, 8, 64] {
         let per = |d: Duration| d.as_nanos() as f64 / iters as f64;
         let mut ns = vec![[0.0; 3]; rounds];

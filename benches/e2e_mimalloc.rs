@@ -5,7 +5,12 @@
 //! serves from its per-thread cache, on the client and the server side of every request. That
 //! is the same for any layer that adds a header, so the layer's own cost is measured here too,
 //! with an allocator without that cliff. `benches/README.md` has the numbers.
-#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout
+)]
 
 mod common;
 

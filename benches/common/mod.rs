@@ -33,6 +33,19 @@ pub(crate) fn request() -> Request<Body> {
         .unwrap()
 }
 
+/// The same read, for `url` (the loopback server's).
+pub(crate) fn request_to(url: &http::Uri) -> Request<Body> {
+    let mut request = request();
+    *request.uri_mut() = url.clone();
+    request
+}
+
+/// The median of `values` (the upper one of an even count).
+pub(crate) fn median<T: PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values.swap_remove(values.len() / 2)
+}
+
 /// An axum server on loopback that answers every request with a small FHIR resource, and a
 /// warm authenticator for its base URL (replay on, the default).
 pub(crate) async fn loopback_fhir_server() -> (String, Authenticator) {
@@ -103,22 +116,17 @@ pub(crate) fn e2e_ratio(allocator: &str) {
     let pairs = 20_000;
     let (mut plain, mut ours) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
     runtime.block_on(async {
-        let make = || {
-            let mut request = request();
-            *request.uri_mut() = url.clone();
-            request
-        };
         for pair in 0..pairs {
             // Swap which goes first every pair: the second request of a pair finds the pooled
             // connection in a different state than the first.
             for side in [pair % 2, 1 - pair % 2] {
                 let start = Instant::now();
                 if side == 0 {
-                    let response = client.clone().oneshot(make()).await.unwrap();
+                    let response = client.clone().oneshot(request_to(&url)).await.unwrap();
                     black_box(response.into_body().collect().await.unwrap());
                     plain.push(start.elapsed());
                 } else {
-                    let response = layered.clone().oneshot(make()).await.unwrap();
+                    let response = layered.clone().oneshot(request_to(&url)).await.unwrap();
                     black_box(response.into_body().collect().await.unwrap());
                     ours.push(start.elapsed());
                 }
@@ -180,10 +188,7 @@ pub(crate) fn e2e_ratio(allocator: &str) {
             }
         }
     });
-    let rps = rps.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    });
+    let rps = rps.map(median);
     let requests = (tasks * per_task * rounds) as f64;
     println!(
         "e2e throughput ({allocator}), {tasks} concurrent streams ({rounds} rounds of {} \
@@ -226,8 +231,7 @@ where
             let url = url.clone();
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let mut request = request();
-                    *request.uri_mut() = url.clone();
+                    let mut request = request_to(&url);
                     if sixth_header {
                         request.headers_mut().insert(
                             HeaderName::from_static("x-client-version"),
