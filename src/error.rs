@@ -75,8 +75,12 @@ pub enum ErrorKind {
     ResponseTooLarge,
     /// No valid token became available within the wait timeout.
     WaitTimeout,
-    /// The token refresh task failed without a result (it panicked or was cancelled).
+    /// The token refresh failed without a result: the token source panicked, or the attempt
+    /// was cancelled (its runtime shut down) or not run.
     RefreshAborted,
+    /// A token had to be fetched outside a tokio runtime. A [`TokenCell`](crate::TokenCell)
+    /// hands out the token it holds anywhere, but fetches only inside a runtime.
+    NoRuntime,
 }
 
 impl ErrorKind {
@@ -94,6 +98,7 @@ impl ErrorKind {
             Self::ResponseTooLarge => "response body too large",
             Self::WaitTimeout => "timed out waiting for an access token",
             Self::RefreshAborted => "the token refresh was aborted",
+            Self::NoRuntime => "no tokio runtime to fetch a token on",
         }
     }
 }
@@ -233,9 +238,12 @@ impl Error {
         self.edit(|inner| inner.status = Some(status))
     }
 
-    /// Attaches the delay the server asked for in `Retry-After`.
+    /// Attaches the delay the server asked for in `Retry-After`, clamped to a day. (A
+    /// [`TokenCell`](crate::TokenCell) honours at most
+    /// [`MAX_RETRY_AFTER`](crate::token::MAX_RETRY_AFTER) of it.)
     #[must_use]
     pub fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        let retry_after = retry_after.map(|delay| delay.min(Duration::from_secs(86_400)));
         self.edit(|inner| inner.retry_after = retry_after)
     }
 

@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::error::BoxError;
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::{LocalToken, TokenCell};
+use crate::token::{CellLink, LocalToken, TokenCell};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -187,9 +187,9 @@ pin_project! {
             #[pin]
             future: S::Future,
             retry: Option<Retry<S, B>>,
-            // The token's cell (an id: see `TokenCell::by_id`) and generation, should it be
-            // rejected.
-            cell: u64,
+            // The token's cell (a link of this service's own: see `CellLink`) and generation,
+            // should it be rejected.
+            cell: CellLink,
             generation: u64,
             replay: bool,
         },
@@ -233,7 +233,7 @@ where
             state: State::Called {
                 future,
                 retry,
-                cell: token.cell(),
+                cell: token.link(),
                 generation: token.generation(),
                 replay,
             },
@@ -275,7 +275,7 @@ where
                     if response.status() != StatusCode::UNAUTHORIZED {
                         return Poll::Ready(Ok(response));
                     }
-                    let Some(cell) = TokenCell::by_id(*cell) else {
+                    let Some(cell) = cell.cell() else {
                         // Every handle on the token cell is gone: nothing to renew.
                         return Poll::Ready(Ok(response));
                     };

@@ -14,6 +14,10 @@ use crate::key::SigningKey;
 /// auth server caches the published set for (TOP-KT-020's example, 60 s).
 pub const DEFAULT_PROPAGATION_DELAY: Duration = Duration::from_secs(60);
 
+/// Longest propagation delay: [`KeySet::with_propagation_delay`] clamps longer ones to this (a
+/// day; no JWK Set is cached that long).
+pub const MAX_PROPAGATION_DELAY: Duration = Duration::from_secs(86_400);
+
 /// The keys an application publishes in its JWK Set, and the one it signs with.
 ///
 /// Rotation (TOP-KT-020): [`publish`](Self::publish) a new key, which goes into the JWK Set at
@@ -80,10 +84,10 @@ impl KeySet {
     }
 
     /// Sets the delay between publishing a key and signing with it. Defaults to 60 s; set it to
-    /// the `max-age` your JWK Set is served with.
+    /// the `max-age` your JWK Set is served with. Clamped to [`MAX_PROPAGATION_DELAY`] (a day).
     #[must_use]
     pub fn with_propagation_delay(self, delay: Duration) -> Self {
-        self.write().delay = delay;
+        self.write().delay = delay.min(MAX_PROPAGATION_DELAY);
         self
     }
 
@@ -112,7 +116,7 @@ impl KeySet {
                 key.kid()
             )));
         }
-        let active_from = Instant::now() + state.delay;
+        let active_from = crate::token::later(Instant::now(), state.delay);
         tracing::info!(
             kid = key.kid(),
             delay_s = state.delay.as_secs_f64(),

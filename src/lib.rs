@@ -103,7 +103,7 @@ pub use crate::assertion::{
 pub use crate::config::{Authenticator, KoppeltaalAuthBuilder};
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError, OAuthErrorCode};
 pub use crate::key::{Algorithm, KeyId, SigningKey};
-pub use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet};
+pub use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet, MAX_PROPAGATION_DELAY};
 pub use crate::layer::KoppeltaalAuthLayer;
 pub use crate::replay::{NotReplayable, ReplayBody, Replayable};
 pub use crate::service::KoppeltaalAuth;

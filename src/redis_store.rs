@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
@@ -13,8 +13,8 @@ use crate::token::BoxFuture;
 
 /// Shares tokens between the instances of a deployment through Redis (feature `redis`).
 ///
-/// Each (token endpoint, client id, scope) has one key holding the current token and its
-/// absolute expiry, with the key's TTL set to that expiry, and one lease key (`SET NX PX` with a
+/// Each (token endpoint, client id, scope) has one key holding the current token, with the key's
+/// TTL set to the time the token has left, and one lease key (`SET NX PX` with a
 /// random owner, deleted only by its owner) that lets exactly one instance fetch at a refresh
 /// point. Hand it to [`KoppeltaalAuthBuilder::shared_store`](crate::KoppeltaalAuthBuilder::shared_store).
 ///
@@ -131,20 +131,22 @@ struct RedisKeyStore {
     lease_key: String,
 }
 
-/// The stored value.
+/// The stored value. No absolute time: how long the token has left is the key's TTL, measured by
+/// Redis's clock, so that instances whose clocks disagree still agree on it.
 #[derive(Serialize, Deserialize)]
 struct Entry {
     access_token: String,
-    expires_at_ms: u64,
     lifetime_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
 }
 
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// The value and its TTL in one atomic step.
+const LOAD: &str = "return {redis.call('get', KEYS[1]), redis.call('pttl', KEYS[1])}";
 
 const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
@@ -152,18 +154,23 @@ impl TokenStore for RedisKeyStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
         Box::pin(async move {
             let mut connection = self.manager.clone();
-            let value: Option<String> = redis::cmd("GET")
-                .arg(&self.token_key)
-                .query_async(&mut connection)
+            let (value, ttl_ms): (Option<String>, i64) = redis::Script::new(LOAD)
+                .key(&self.token_key)
+                .invoke_async(&mut connection)
                 .await
                 .map_err(|err| redis_error("Redis GET failed", err))?;
-            // An entry that does not parse is ignored (and replaced at the next refresh).
+            // A key without a TTL (-1) was not written by this store: ignored, as is an entry
+            // that does not parse (replaced at the next refresh).
+            let Ok(ttl_ms) = u64::try_from(ttl_ms) else {
+                return Ok(None);
+            };
             Ok(value
                 .and_then(|json| serde_json::from_str::<Entry>(&json).ok())
+                .filter(|_| ttl_ms > 0)
                 .map(|entry| {
                     StoredToken::new(
                         entry.access_token,
-                        UNIX_EPOCH + Duration::from_millis(entry.expires_at_ms),
+                        Duration::from_millis(ttl_ms),
                         Duration::from_millis(entry.lifetime_ms),
                         entry.scope,
                     )
@@ -173,13 +180,13 @@ impl TokenStore for RedisKeyStore {
 
     fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let Ok(ttl) = token.expires_at().duration_since(SystemTime::now()) else {
+            let ttl = millis(token.expires_in());
+            if ttl == 0 {
                 return Ok(());
-            };
+            }
             let entry = Entry {
                 access_token: token.token().to_owned(),
-                expires_at_ms: millis(token.expires_at()),
-                lifetime_ms: u64::try_from(token.lifetime().as_millis()).unwrap_or(u64::MAX),
+                lifetime_ms: millis(token.lifetime()),
                 scope: token.scope().map(str::to_owned),
             };
             let json = serde_json::to_string(&entry).map_err(|err| {
@@ -190,7 +197,7 @@ impl TokenStore for RedisKeyStore {
                 .arg(&self.token_key)
                 .arg(json)
                 .arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg(ttl)
                 .query_async::<()>(&mut connection)
                 .await
                 .map_err(|err| redis_error("Redis SET failed", err))
@@ -206,7 +213,7 @@ impl TokenStore for RedisKeyStore {
                 .arg(&owner)
                 .arg("NX")
                 .arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg(millis(ttl).max(1))
                 .query_async(&mut connection)
                 .await
                 .map_err(|err| redis_error("Redis SET NX failed", err))?;

@@ -8,13 +8,17 @@
 //! request fast path. `RedisTokenStore` (feature `redis`) is the implementation this crate ships.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::error::Error;
 use crate::token::BoxFuture;
 
-/// A token as it is shared: the value, its absolute (wall-clock) expiry, and the lifetime it was
+/// A token as it is shared: the value, how much of its life is left, and the lifetime it was
 /// issued with.
+///
+/// The time left is measured by the store itself (Redis: the key's TTL), never from any
+/// instance's wall clock, so that instances whose clocks disagree by any amount still agree on
+/// when a shared token expires. Each instance applies its own safety margin on adoption.
 ///
 /// # Security
 ///
@@ -22,23 +26,23 @@ use crate::token::BoxFuture;
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredToken {
     token: String,
-    expires_at: SystemTime,
+    expires_in: Duration,
     lifetime: Duration,
     scope: Option<String>,
 }
 
 impl StoredToken {
-    /// A shared token that expires at `expires_at` and was issued for `lifetime`.
+    /// A shared token that expires `expires_in` from now and was issued for `lifetime`.
     #[must_use]
     pub fn new(
         token: impl Into<String>,
-        expires_at: SystemTime,
+        expires_in: Duration,
         lifetime: Duration,
         scope: Option<String>,
     ) -> Self {
         Self {
             token: token.into(),
-            expires_at,
+            expires_in,
             lifetime,
             scope,
         }
@@ -50,10 +54,11 @@ impl StoredToken {
         &self.token
     }
 
-    /// When it expires.
+    /// How long it is valid from when it was saved, or, from [`TokenStore::load`], from when it
+    /// was read.
     #[must_use]
-    pub fn expires_at(&self) -> SystemTime {
-        self.expires_at
+    pub fn expires_in(&self) -> Duration {
+        self.expires_in
     }
 
     /// The lifetime it was issued with.
@@ -73,7 +78,7 @@ impl fmt::Debug for StoredToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredToken")
             .field("token", &"[redacted]")
-            .field("expires_at", &self.expires_at)
+            .field("expires_in", &self.expires_in)
             .field("lifetime", &self.lifetime)
             .field("scope", &self.scope)
             .finish()
@@ -85,8 +90,10 @@ impl fmt::Debug for StoredToken {
 /// Implementations keep one token per key and a lease (a short exclusive claim with an owner),
 /// with these semantics:
 ///
-/// - [`load`](Self::load): the stored token, or `None`;
-/// - [`save`](Self::save): replace the stored token, kept until it expires;
+/// - [`load`](Self::load): the stored token with the time it has left *as the store measures it*
+///   (for Redis, the key's TTL), or `None` once it has expired;
+/// - [`save`](Self::save): replace the stored token, kept for its
+///   [`expires_in`](StoredToken::expires_in);
 /// - [`try_lease`](Self::try_lease): take the lease for `ttl` if nobody holds it, returning a
 ///   fresh owner value, else `None`;
 /// - [`release_lease`](Self::release_lease): give the lease back, only if `owner` still holds it.
@@ -175,27 +182,41 @@ impl Default for StorePolicy {
     }
 }
 
+/// Bounds of [`StorePolicy::lease`]: 100 ms to 5 minutes.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
+/// See [`MIN_LEASE`].
+pub const MAX_LEASE: Duration = Duration::from_secs(300);
+/// Bounds of [`StorePolicy::operation_timeout`] and [`StorePolicy::poll_interval`]: 1 ms to a
+/// minute.
+pub const MIN_STORE_INTERVAL: Duration = Duration::from_millis(1);
+/// See [`MIN_STORE_INTERVAL`].
+pub const MAX_STORE_INTERVAL: Duration = Duration::from_secs(60);
+
 impl StorePolicy {
-    /// How long one instance may hold the refresh lease; others wait that long for its token
-    /// before fetching themselves. Defaults to 15 s (longer than a token request's timeout).
+    /// How long one instance may hold the refresh lease. Others wait for its token, and take
+    /// the lease as soon as it is released without one (the holder's fetch failed) or lapses
+    /// (the holder died). Defaults to 15 s (longer than a token request's timeout); kept between
+    /// [`MIN_LEASE`] and [`MAX_LEASE`].
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.lease = lease.clamp(MIN_LEASE, MAX_LEASE);
         self
     }
 
     /// How long one store operation may take before the store counts as unavailable. Defaults
-    /// to 300 ms.
+    /// to 300 ms; kept between [`MIN_STORE_INTERVAL`] and [`MAX_STORE_INTERVAL`].
     ///
     /// A store may bound its operations more tightly itself: `RedisTokenStore` gives up on a
     /// connection attempt or a reply after 250 ms.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = timeout;
+        self.operation_timeout = timeout.clamp(MIN_STORE_INTERVAL, MAX_STORE_INTERVAL);
         self
     }
 
-    /// How often an instance waiting for another's token looks in the store. Defaults to 50 ms.
+    /// How often an instance waiting for another's token looks in the store (and tries the
+    /// lease). Defaults to 50 ms; kept between [`MIN_STORE_INTERVAL`] and
+    /// [`MAX_STORE_INTERVAL`].
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.poll_interval = interval.clamp(MIN_STORE_INTERVAL, MAX_STORE_INTERVAL);
         self
     }
 }

@@ -1,7 +1,8 @@
 //! Fleet mode with an in-memory `TokenStore` shared by several cells (as instances sharing a
 //! Redis would): one fetch per refresh period for all, a dead lease holder replaced, a store
 //! outage costing nothing but sharing, and a rejected token never taken back from the store.
-//! Real time with 1 s tokens: the store keeps absolute (wall-clock) expiries.
+//! The fleet tests run in real time with 1 s tokens; the lease and expiry tests on tokio's paused
+//! clock (the memory store, like Redis, measures a token's time left with its own clock).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -173,4 +174,80 @@ async fn a_rejected_token_is_not_taken_back_from_the_store() {
     let zero = fleet[0].renewed(first.generation()).await.unwrap();
     assert_eq!(zero.value(), renewed.value());
     assert_eq!(source.fetches_started(), 2);
+}
+
+/// A lease holder whose fetch fails releases the lease without publishing: a waiting instance
+/// takes the lease within one poll interval and fetches itself.
+#[tokio::test(start_paused = true)]
+async fn a_lease_holder_that_fails_is_replaced_within_one_poll_interval() {
+    let poll = Duration::from_millis(50);
+    let policy = StorePolicy::default().poll_interval(poll);
+    let store = MemoryTokenStore::new();
+    let failing = FakeTokenSource::new();
+    failing.push_error(koppeltaal_auth::Error::new(
+        koppeltaal_auth::ErrorKind::Transport,
+        "connection refused",
+    ));
+    failing.set_delay(Duration::from_millis(700));
+    let working = FakeTokenSource::new().with_lifetime(Duration::from_secs(300));
+    let holder = TokenCell::with_store(
+        failing.clone(),
+        RefreshPolicy::default(),
+        store.clone(),
+        policy,
+    );
+    let waiter = TokenCell::with_store(
+        working.clone(),
+        RefreshPolicy::default(),
+        store.clone(),
+        policy,
+    );
+    let started = Instant::now();
+    let holding = tokio::spawn(async move { holder.token().await });
+    // The holder has the lease and is fetching (for 700 ms) when the waiter asks.
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(store.leases_taken(), 1);
+    let token = waiter.token().await.unwrap();
+    let waited = Instant::now() - started;
+    assert!(holding.await.unwrap().is_err(), "the holder's fetch failed");
+    assert_eq!(token.generation(), 1);
+    assert_eq!(working.fetches_started(), 1, "the waiter fetched itself");
+    assert_eq!(store.leases_taken(), 2, "after taking the released lease");
+    assert!(
+        waited >= Duration::from_millis(700) && waited <= Duration::from_millis(700) + poll,
+        "within one poll interval of the holder's failure: {waited:?}"
+    );
+}
+
+/// How long a shared token has left is measured by the store, never from an instance's wall
+/// clock: an instance that adopts it late expires it exactly when its publisher does, so
+/// instances whose clocks disagree (by any amount) cannot send it after it expired.
+#[tokio::test(start_paused = true)]
+async fn an_adopted_token_expires_with_its_publishers_whatever_the_wall_clocks_say() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(300));
+    let store = MemoryTokenStore::new();
+    let policy = RefreshPolicy::default().background_refresh(false);
+    let publisher = TokenCell::with_store(
+        source.clone(),
+        policy.clone(),
+        store.clone(),
+        store_policy(),
+    );
+    let first = publisher.token().await.unwrap();
+    sleep(Duration::from_secs(200)).await;
+    let late = TokenCell::with_store(source.clone(), policy, store.clone(), store_policy());
+    let adopted = late.token().await.unwrap();
+    assert_eq!(adopted.value(), first.value());
+    assert_eq!(late.stats().adopted_from_store, 1);
+    assert_eq!(store.expires_in(), Some(Duration::from_secs(100)));
+    assert_eq!(
+        late.stats().time_to_expiry,
+        publisher.stats().time_to_expiry,
+        "one expiry for both instances"
+    );
+    assert_eq!(late.stats().time_to_expiry, Some(Duration::from_secs(100)));
+    // Neither hands it out in its last 10 s (the margin), each by its own clock.
+    sleep(Duration::from_secs(90)).await;
+    assert!(late.current().is_none());
+    assert!(publisher.current().is_none());
 }

@@ -101,7 +101,7 @@ async fn refresh_client_jwks(shared: &Shared, body: &[u8]) {
         match fetched {
             Some((jwks, max_age)) => {
                 client.jwks = jwks;
-                client.jwks_fresh_until = Some(Instant::now() + max_age);
+                client.jwks_fresh_until = Some(crate::token::later(Instant::now(), max_age));
             }
             None => {
                 client.jwks = jsonwebtoken::jwk::JwkSet { keys: Vec::new() };
@@ -183,7 +183,7 @@ fn handle(
         Token {
             number,
             client_id,
-            issued_at: Instant::now() + state.token_clock_advance,
+            issued_at: crate::token::later(Instant::now(), state.token_clock_advance),
             lifetime,
             revoked: false,
             fhir_requests: 0,

@@ -73,7 +73,7 @@ pub(super) async fn resource(
                 .filter(|prefix| prefix.eq_ignore_ascii_case("bearer "))
                 .map(|_| &value[7..])
         });
-    let now = Instant::now() + state.token_clock_advance;
+    let now = crate::token::later(Instant::now(), state.token_clock_advance);
     let mut token_number = None;
     let response = if method == Method::GET && path == "metadata" {
         MockResponse::json(&json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}))
@@ -81,7 +81,9 @@ pub(super) async fn resource(
         let token = bearer.and_then(|bearer| state.tokens.get(bearer));
         match token {
             None => outcome(StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Some(token) if token.revoked || now >= token.issued_at + token.lifetime => {
+            Some(token)
+                if token.revoked || now >= crate::token::later(token.issued_at, token.lifetime) =>
+            {
                 token_number = Some(token.number);
                 outcome(StatusCode::UNAUTHORIZED, "Unauthorized")
             }

@@ -1,7 +1,7 @@
 //! `MemoryTokenStore`: an in-process `TokenStore` shared by several cells, for tests.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -11,7 +11,8 @@ use crate::token::BoxFuture;
 
 /// A [`TokenStore`] in memory, shared by every clone: several cells built with clones of one
 /// `MemoryTokenStore` behave like instances sharing a Redis. It can be made unavailable, and a
-/// lease can be taken by a pretend instance that then "dies".
+/// lease can be taken by a pretend instance that then "dies". Like Redis, it measures how long a
+/// token has left with its own clock (tokio's, so that paused-clock tests work).
 #[derive(Clone, Debug, Default)]
 pub struct MemoryTokenStore {
     inner: Arc<Mutex<Inner>>,
@@ -19,7 +20,8 @@ pub struct MemoryTokenStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    token: Option<StoredToken>,
+    /// The token and when it expires, by the store's clock.
+    token: Option<(StoredToken, Instant)>,
     lease: Option<(String, Instant)>,
     down: bool,
     saves: u64,
@@ -44,7 +46,10 @@ impl MemoryTokenStore {
 
     /// Takes the lease for `ttl` as an instance that will never publish nor release.
     pub fn take_lease_and_die(&self, ttl: Duration) {
-        self.lock().lease = Some(("dead-instance".to_owned(), Instant::now() + ttl));
+        self.lock().lease = Some((
+            "dead-instance".to_owned(),
+            crate::token::later(Instant::now(), ttl),
+        ));
     }
 
     /// Tokens published so far.
@@ -59,10 +64,15 @@ impl MemoryTokenStore {
         self.lock().leases_taken
     }
 
-    /// The stored token's expiry, if there is one.
+    /// How long the stored token has left, if there is one.
     #[must_use]
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.lock().token.as_ref().map(StoredToken::expires_at)
+    pub fn expires_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.lock()
+            .token
+            .as_ref()
+            .map(|(_, expires_at)| expires_at.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
     fn check(&self) -> Result<MutexGuard<'_, Inner>, Error> {
@@ -79,17 +89,26 @@ impl TokenStore for MemoryTokenStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
         Box::pin(async move {
             let inner = self.check()?;
-            Ok(inner
-                .token
-                .clone()
-                .filter(|token| token.expires_at() > SystemTime::now()))
+            let now = Instant::now();
+            Ok(inner.token.as_ref().and_then(|(token, expires_at)| {
+                let left = expires_at.saturating_duration_since(now);
+                (!left.is_zero()).then(|| {
+                    StoredToken::new(
+                        token.token(),
+                        left,
+                        token.lifetime(),
+                        token.scope().map(str::to_owned),
+                    )
+                })
+            }))
         })
     }
 
     fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let mut inner = self.check()?;
-            inner.token = Some(token.clone());
+            let expires_at = crate::token::later(Instant::now(), token.expires_in());
+            inner.token = Some((token.clone(), expires_at));
             inner.saves += 1;
             Ok(())
         })
@@ -103,7 +122,7 @@ impl TokenStore for MemoryTokenStore {
                 return Ok(None);
             }
             let owner = uuid::Uuid::new_v4().to_string();
-            inner.lease = Some((owner.clone(), now + ttl));
+            inner.lease = Some((owner.clone(), crate::token::later(now, ttl)));
             inner.leases_taken += 1;
             Ok(Some(owner))
         })

@@ -57,6 +57,14 @@ pub use body::MockResponse;
 pub use fake::FakeTokenSource;
 pub use memory_store::MemoryTokenStore;
 
+/// `expires_in` is whole seconds, from 1 to the longest a client accepts.
+fn clamp_lifetime(lifetime: Duration) -> Duration {
+    lifetime.clamp(Duration::from_secs(1), crate::token::MAX_TOKEN_LIFETIME)
+}
+
+/// How far [`MockKoppeltaal::advance_token_clock`] can move the FHIR endpoint's clock: a century.
+const MAX_CLOCK_ADVANCE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Path of the token endpoint on the mock.
 const TOKEN_PATH: &str = "/oauth2/token";
 /// Path of the FHIR base on the mock (the reference server's default domain).
@@ -214,11 +222,14 @@ impl Shared {
 impl State {
     /// The mock server's wall clock: the local clock shifted by the configured offset.
     fn now(&self) -> SystemTime {
-        let offset = Duration::from_secs(self.clock_offset_secs.unsigned_abs());
+        // A century either way at most, so that the arithmetic cannot overflow.
+        let offset =
+            Duration::from_secs(self.clock_offset_secs.unsigned_abs()).min(MAX_CLOCK_ADVANCE);
+        let now = SystemTime::now();
         if self.clock_offset_secs >= 0 {
-            SystemTime::now() + offset
+            now.checked_add(offset).unwrap_or(now)
         } else {
-            SystemTime::now() - offset
+            now.checked_sub(offset).unwrap_or(now)
         }
     }
 }
@@ -243,9 +254,10 @@ impl Default for MockKoppeltaalBuilder {
 }
 
 impl MockKoppeltaalBuilder {
-    /// Lifetime of issued tokens (`expires_in`). Defaults to 300 seconds, as Koppeltaal's.
+    /// Lifetime of issued tokens (`expires_in`). Defaults to 300 seconds, as Koppeltaal's;
+    /// clamped to 1 s to [`MAX_TOKEN_LIFETIME`](crate::token::MAX_TOKEN_LIFETIME).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.token_lifetime = lifetime;
+        self.token_lifetime = clamp_lifetime(lifetime);
         self
     }
 
@@ -395,9 +407,10 @@ impl MockKoppeltaal {
         }
     }
 
-    /// Sets the lifetime of tokens issued from now on.
+    /// Sets the lifetime of tokens issued from now on (clamped as
+    /// [`MockKoppeltaalBuilder::token_lifetime`]).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
-        self.shared.lock().token_lifetime = lifetime;
+        self.shared.lock().token_lifetime = clamp_lifetime(lifetime);
     }
 
     /// Sets the algorithms accepted for assertions from now on.
@@ -428,7 +441,11 @@ impl MockKoppeltaal {
     /// Moves the FHIR endpoint's clock for token expiry `by` ahead, so tokens expire without
     /// waiting for them (cumulative).
     pub fn advance_token_clock(&self, by: Duration) {
-        self.shared.lock().token_clock_advance += by;
+        let mut state = self.shared.lock();
+        state.token_clock_advance = state
+            .token_clock_advance
+            .saturating_add(by)
+            .min(MAX_CLOCK_ADVANCE);
     }
 
     /// Answers the next `n` token requests with `status` and a plain-text body, with

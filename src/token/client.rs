@@ -21,6 +21,9 @@ use crate::keyset::KeySet;
 /// Never "valid forever", the mistake every peer library makes.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
+/// Longest timeout of one token or discovery request: 5 minutes.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The SMART Backend Services client credentials flow: a [`TokenSource`] that signs a fresh
@@ -243,7 +246,8 @@ impl ClientCredentialsBuilder {
     }
 
     /// Sets the lifetime assumed when a token response has no `expires_in`. Defaults to 300
-    /// seconds.
+    /// seconds; from 1 second to [`MAX_TOKEN_LIFETIME`](super::MAX_TOKEN_LIFETIME) (checked by
+    /// [`build`](Self::build)).
     pub fn default_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.default_lifetime = Some(lifetime);
         self
@@ -257,7 +261,8 @@ impl ClientCredentialsBuilder {
     }
 
     /// Sets the timeout of one token request when the default client is used. Defaults to 10
-    /// seconds.
+    /// seconds; more than zero and at most [`MAX_REQUEST_TIMEOUT`] (checked by
+    /// [`build`](Self::build)).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -283,8 +288,18 @@ impl ClientCredentialsBuilder {
     pub(crate) fn http_client_or_default(&self) -> Result<reqwest::Client, Error> {
         match &self.http {
             Some(http) => Ok(http.clone()),
-            None => default_client(self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)),
+            None => default_client(self.request_timeout_checked()?),
         }
+    }
+
+    fn request_timeout_checked(&self) -> Result<Duration, Error> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if timeout.is_zero() || timeout > MAX_REQUEST_TIMEOUT {
+            return Err(Error::config(
+                "the request timeout must be more than zero and at most 300 seconds",
+            ));
+        }
+        Ok(timeout)
     }
 
     /// Shares a clock-offset measurement (from discovery) with this source.
@@ -299,9 +314,11 @@ impl ClientCredentialsBuilder {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the client id, token endpoint or key
     /// is missing, the token endpoint is not an absolute `https` URL (plain `http` is allowed for
-    /// loopback hosts only), the assertion lifetime is over 300 seconds, or the default token
-    /// lifetime is zero.
+    /// loopback hosts only), the assertion lifetime is over 300 seconds, the default token
+    /// lifetime is not between 1 second and a year, or the request timeout is zero or over 300
+    /// seconds.
     pub fn build(self) -> Result<ClientCredentials, Error> {
+        let timeout = self.request_timeout_checked()?;
         let client_id = self
             .client_id
             .ok_or_else(|| Error::config("client_id is required"))?;
@@ -320,12 +337,15 @@ impl ClientCredentialsBuilder {
             assertion = assertion.with_iat_backdate(backdate)?;
         }
         let default_lifetime = self.default_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        if default_lifetime.is_zero() {
-            return Err(Error::config("the default token lifetime must not be zero"));
+        if default_lifetime < Duration::from_secs(1) || default_lifetime > super::MAX_TOKEN_LIFETIME
+        {
+            return Err(Error::config(
+                "the default token lifetime must be between 1 second and a year",
+            ));
         }
         let http = match self.http {
             Some(http) => http,
-            None => default_client(self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT))?,
+            None => default_client(timeout)?,
         };
         Ok(ClientCredentials {
             inner: Arc::new(Inner {

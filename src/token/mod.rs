@@ -17,20 +17,26 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
+pub(crate) use cell::{CellLink, LocalToken, TokenReader};
 pub use cell::{CellStats, TokenCell, TokenHeader};
-pub(crate) use cell::{LocalToken, TokenReader};
-pub use client::DEFAULT_TOKEN_LIFETIME;
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
+pub use client::{DEFAULT_TOKEN_LIFETIME, MAX_REQUEST_TIMEOUT};
+pub(crate) use policy::later;
 pub use policy::{
-    DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, DEFAULT_EXPIRY_MARGIN_FRACTION,
-    DEFAULT_EXPIRY_MARGIN_MAX, DEFAULT_REFRESH_AHEAD_FRACTION, DEFAULT_REFRESH_AHEAD_MAX_FRACTION,
-    DEFAULT_REFRESH_AHEAD_MIN, DEFAULT_REFRESH_JITTER_FRACTION, DEFAULT_WAIT_TIMEOUT,
-    DEFAULT_YOUNG_TOKEN_AGE, MAX_RETRY_AFTER, RefreshPolicy,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN,
+    DEFAULT_EXPIRY_MARGIN_FRACTION, DEFAULT_EXPIRY_MARGIN_MAX, DEFAULT_REFRESH_AHEAD_FRACTION,
+    DEFAULT_REFRESH_AHEAD_MAX_FRACTION, DEFAULT_REFRESH_AHEAD_MIN, DEFAULT_REFRESH_JITTER_FRACTION,
+    DEFAULT_WAIT_TIMEOUT, DEFAULT_YOUNG_TOKEN_AGE, MAX_ATTEMPT_TIMEOUT, MAX_BACKOFF,
+    MAX_RETRY_AFTER, MAX_WAIT_TIMEOUT, MIN_ATTEMPT_TIMEOUT, MIN_BACKOFF, RefreshPolicy,
 };
 #[cfg(test)]
 pub(crate) use response::{
     parse_error_response, parse_oauth_error, parse_retry_after, parse_token_response,
 };
+
+/// Longest token lifetime: [`AccessToken::new`] clamps longer ones to this (a year, the longest
+/// `expires_in` a token response may carry), so that expiry arithmetic never overflows.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A boxed, `Send` future, as returned by [`TokenSource::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -56,7 +62,8 @@ pub struct AccessToken {
 const BEARER_PREFIX: &str = "Bearer ";
 
 impl AccessToken {
-    /// A bearer token that arrived at `received_at` and lives for `lifetime`.
+    /// A bearer token that arrived at `received_at` and lives for `lifetime` (at most
+    /// [`MAX_TOKEN_LIFETIME`]: a longer one is clamped to it).
     ///
     /// # Errors
     ///
@@ -84,7 +91,7 @@ impl AccessToken {
         header.set_sensitive(true);
         Ok(Self {
             header,
-            lifetime,
+            lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
             received_at,
             scope: None,
         })
@@ -130,7 +137,7 @@ impl AccessToken {
     /// [`lifetime`](Self::lifetime).
     #[must_use]
     pub fn expires_at(&self) -> Instant {
-        self.received_at + self.lifetime
+        policy::later(self.received_at, self.lifetime)
     }
 
     /// The scope the server granted, if it said.

@@ -1,8 +1,12 @@
 //! When to refresh, when to stop using a token, how long to back off: pure functions of their
-//! inputs, so that they can be tested without a clock.
+//! inputs, so that they can be tested without a clock. Every duration is bounded where it is set
+//! (see each setter), so that no instant arithmetic on them can overflow.
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use super::MAX_TOKEN_LIFETIME;
 use crate::error::Error;
 
 /// Default lower bound of the refresh-ahead window (DESIGN section 3).
@@ -28,6 +32,29 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_YOUNG_TOKEN_AGE: Duration = Duration::from_secs(5);
 /// Longest `Retry-After` honoured; a server asking for more gets asked again after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest wait timeout: [`RefreshPolicy::wait_timeout`] clamps longer ones to this (an hour).
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(3_600);
+/// Shortest backoff: [`RefreshPolicy::backoff`] raises shorter ones to this (10 ms), so that a
+/// failing source is never retried in a loop.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest backoff: [`RefreshPolicy::backoff`] clamps longer ones to this (an hour).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+/// Default longest duration of one refresh attempt (the token source's fetch, with the shared
+/// store's steps when there is one): longer than a token request's own 10 s timeout plus a
+/// 15 s store lease.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of [`RefreshPolicy::attempt_timeout`]: 100 ms to an hour.
+pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
+/// See [`MIN_ATTEMPT_TIMEOUT`].
+pub const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3_600);
+
+/// `at + by`, or far in the future (30 years, as tokio's own "never") if that overflows. The
+/// policy's durations are bounded, so this only guards against instants from elsewhere.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(at)
+}
 
 /// How a [`TokenCell`](crate::TokenCell) schedules refreshes, retries and waits. Every default is
 /// DESIGN.md section 3's; see each setter.
@@ -54,6 +81,7 @@ pub struct RefreshPolicy {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) wait_timeout: Duration,
+    pub(crate) attempt_timeout: Duration,
     pub(crate) young_token_age: Duration,
     pub(crate) background_refresh: bool,
 }
@@ -70,6 +98,7 @@ impl Default for RefreshPolicy {
             backoff_min: DEFAULT_BACKOFF_MIN,
             backoff_max: DEFAULT_BACKOFF_MAX,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             young_token_age: DEFAULT_YOUNG_TOKEN_AGE,
             background_refresh: true,
         }
@@ -88,14 +117,14 @@ impl RefreshPolicy {
     /// Sets the refresh-ahead window: refresh once less than
     /// `min(max(min, fraction × lifetime), max_fraction × lifetime)` remains. Defaults to 30 s,
     /// 0.2 and 0.5: a 300 s token is refreshed 60 s early (plus jitter), a 5 s token at 2.5 s.
-    /// Fractions are clamped to `0.0..=1.0`.
+    /// Fractions are clamped to `0.0..=1.0`, `min` to [`MAX_TOKEN_LIFETIME`].
     pub fn refresh_ahead(
         mut self,
         min: Duration,
         fraction_of_lifetime: f64,
         max_fraction: f64,
     ) -> Self {
-        self.refresh_ahead_min = min;
+        self.refresh_ahead_min = min.min(MAX_TOKEN_LIFETIME);
         self.refresh_ahead_fraction = fraction(fraction_of_lifetime);
         self.refresh_ahead_max_fraction = fraction(max_fraction);
         self
@@ -109,9 +138,10 @@ impl RefreshPolicy {
     }
 
     /// Sets the expiry safety margin: a token is never handed out once less than
-    /// `min(max, fraction × lifetime)` of it remains. Defaults to 10 s and 0.1.
+    /// `min(max, fraction × lifetime)` of it remains. Defaults to 10 s and 0.1. `max` is clamped
+    /// to [`MAX_TOKEN_LIFETIME`].
     pub fn expiry_margin(mut self, max: Duration, fraction_of_lifetime: f64) -> Self {
-        self.margin_max = max;
+        self.margin_max = max.min(MAX_TOKEN_LIFETIME);
         self.margin_fraction = fraction(fraction_of_lifetime);
         self
     }
@@ -119,24 +149,37 @@ impl RefreshPolicy {
     /// Sets the backoff between failed token requests: it starts at `min` and doubles up to
     /// `max`, each wait drawn at random between `min` and the doubled value (jitter). Permanent
     /// errors wait `max`. A `Retry-After` from the server is honoured (up to 5 minutes).
-    /// Defaults to 200 ms and 30 s. `max` is raised to `min` if smaller.
+    /// Defaults to 200 ms and 30 s. Both are kept between [`MIN_BACKOFF`] (10 ms) and
+    /// [`MAX_BACKOFF`] (an hour); `max` is raised to `min` if smaller.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max.max(min);
+        self.backoff_min = min.clamp(MIN_BACKOFF, MAX_BACKOFF);
+        self.backoff_max = max.clamp(self.backoff_min, MAX_BACKOFF);
         self
     }
 
     /// Sets how long a caller waits for a token before getting
-    /// [`ErrorKind::WaitTimeout`](crate::ErrorKind::WaitTimeout). Defaults to 30 s.
+    /// [`ErrorKind::WaitTimeout`](crate::ErrorKind::WaitTimeout). Defaults to 30 s; clamped to
+    /// [`MAX_WAIT_TIMEOUT`] (an hour).
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
-        self.wait_timeout = timeout;
+        self.wait_timeout = timeout.min(MAX_WAIT_TIMEOUT);
+        self
+    }
+
+    /// Sets how long one refresh attempt may take (the token source's fetch, and the shared
+    /// store's steps when there is one) before it counts as failed with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), so that a source that never answers
+    /// cannot hold up the cell. Defaults to 60 s ([`DEFAULT_ATTEMPT_TIMEOUT`]); kept between
+    /// 100 ms and an hour.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout.clamp(MIN_ATTEMPT_TIMEOUT, MAX_ATTEMPT_TIMEOUT);
         self
     }
 
     /// Sets the age under which a token rejected with 401 is suspicious: a second such rejection
-    /// in a row is renewed only after a backoff. Defaults to 5 s.
+    /// in a row is renewed only after a backoff. Defaults to 5 s; clamped to
+    /// [`MAX_TOKEN_LIFETIME`].
     pub fn young_token_age(mut self, age: Duration) -> Self {
-        self.young_token_age = age;
+        self.young_token_age = age.min(MAX_TOKEN_LIFETIME);
         self
     }
 
@@ -191,6 +234,15 @@ impl RefreshPolicy {
         let span = ceiling.saturating_sub(self.backoff_min);
         self.backoff_min + span.mul_f64(fraction(random))
     }
+}
+
+/// A uniform draw from `0.0..1.0` for jitter.
+pub(crate) fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::AccessToken;
 use crate::error::{Error, ErrorKind, OAuthError, OAuthErrorCode, sanitize_snippet};
 
 /// Longest `expires_in` accepted: a year. Anything longer is not a sensible access token.
-const MAX_EXPIRES_IN: u64 = 365 * 24 * 60 * 60;
+const MAX_EXPIRES_IN: u64 = super::MAX_TOKEN_LIFETIME.as_secs();
 
 /// Longest `Retry-After` kept: a day (guards the arithmetic; the cell caps its own waits).
 const MAX_RETRY_AFTER: u64 = 24 * 60 * 60;

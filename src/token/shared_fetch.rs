@@ -2,11 +2,11 @@
 //! or wait for the lease holder's token; fall back to fetching alone when the store fails.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::policy::RefreshPolicy;
+use super::policy::{RefreshPolicy, later};
 use super::{AccessToken, TokenSource};
 use crate::error::Error;
 use crate::store::{StorePolicy, StoredToken, TokenStore};
@@ -28,9 +28,9 @@ pub(crate) struct Context<'a> {
     pub(crate) store: &'a dyn TokenStore,
     pub(crate) store_policy: StorePolicy,
     pub(crate) policy: &'a RefreshPolicy,
-    /// The token being replaced (digest, wall-clock expiry): only another token that expires
-    /// later is worth taking.
-    pub(crate) current: Option<([u8; 32], SystemTime)>,
+    /// The token being replaced (digest, time left): only another token that lives longer is
+    /// worth taking.
+    pub(crate) current: Option<([u8; 32], Duration)>,
     /// Digest of the token the server last rejected: never taken from the store again.
     pub(crate) rejected: Option<[u8; 32]>,
 }
@@ -63,47 +63,52 @@ async fn bounded<T>(
     }
 }
 
-/// The shared form of a token just fetched.
+/// The shared form of a token just fetched: the time it has left now.
 pub(crate) fn stored(token: &AccessToken) -> StoredToken {
-    let remaining = token.expires_at().saturating_duration_since(Instant::now());
     StoredToken::new(
         token.as_str(),
-        SystemTime::now() + remaining,
+        token.expires_at().saturating_duration_since(Instant::now()),
         token.lifetime(),
         token.scope().map(str::to_owned),
     )
 }
 
-/// A stored token as if this instance had received it: same expiry, same lifetime, so that every
-/// instance computes the same refresh point.
-fn adopt(stored: &StoredToken) -> Result<AccessToken, Error> {
-    let remaining = stored
-        .expires_at()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+/// A token read from the store, and the local instant the read started.
+struct Found {
+    stored: StoredToken,
+    asked_at: Instant,
+}
+
+/// A stored token as if this instance had received it: the time left that the store measured,
+/// counted from when this instance asked (so the store's round trip only shortens it), and the
+/// lifetime it was issued with, so that every instance computes the same refresh point.
+fn adopt(found: &Found) -> Result<AccessToken, Error> {
+    let stored = &found.stored;
+    let remaining = stored.expires_in();
     let lifetime = stored.lifetime().max(remaining);
-    let now = Instant::now();
-    let received_at = now.checked_sub(lifetime - remaining).unwrap_or(now);
+    let received_at = found
+        .asked_at
+        .checked_sub(lifetime - remaining)
+        .unwrap_or(found.asked_at);
     Ok(AccessToken::new(stored.token(), lifetime, received_at)?.with_scope(stored.scope()))
 }
 
 impl Context<'_> {
-    /// A stored token this instance should take: before its own refresh point, later than the
-    /// token being replaced, and not the one the server rejected.
+    /// A stored token this instance should take: before its own refresh point, longer-lived than
+    /// the token being replaced, and not the one the server rejected.
     fn acceptable(&self, stored: &StoredToken) -> bool {
-        let Ok(remaining) = stored.expires_at().duration_since(SystemTime::now()) else {
-            return false;
-        };
+        let remaining = stored.expires_in();
         remaining > self.policy.refresh_ahead_for(stored.lifetime(), 0.0)
-            && self.current.is_none_or(|(current, expires_at)| {
-                digest(stored.token()) != current && stored.expires_at() > expires_at
-            })
+            && self
+                .current
+                .is_none_or(|(current, left)| digest(stored.token()) != current && remaining > left)
             && self.rejected != Some(digest(stored.token()))
     }
 
-    async fn load_acceptable(&self) -> Result<Option<StoredToken>, ()> {
+    async fn load_acceptable(&self) -> Result<Option<Found>, ()> {
+        let asked_at = Instant::now();
         match bounded(self.store_policy.operation_timeout, self.store.load()).await {
-            Some(Some(stored)) if self.acceptable(&stored) => Ok(Some(stored)),
+            Some(Some(stored)) if self.acceptable(&stored) => Ok(Some(Found { stored, asked_at })),
             Some(_) => Ok(None),
             None => Err(()),
         }
@@ -125,41 +130,43 @@ impl Context<'_> {
 
     pub(crate) async fn refresh(&self) -> (Result<AccessToken, Error>, Via) {
         let timeout = self.store_policy.operation_timeout;
+        let lease = self.store_policy.lease;
         match self.load_acceptable().await {
-            Ok(Some(stored)) => return (adopt(&stored), Via::Adopted),
+            Ok(Some(found)) => return (adopt(&found), Via::Adopted),
             Ok(None) => {}
             Err(()) => return (self.source.fetch().await, Via::Fallback),
         }
-        match bounded(timeout, self.store.try_lease(self.store_policy.lease)).await {
-            Some(Some(owner)) => {
-                // Someone may have published between our look and our lease.
-                if let Ok(Some(stored)) = self.load_acceptable().await {
-                    let _ = bounded(timeout, self.store.release_lease(&owner)).await;
-                    return (adopt(&stored), Via::Adopted);
-                }
-                (self.fetch_and_publish(Some(owner)).await, Via::Fetched)
-            }
-            Some(None) => {
-                // Another instance is fetching: wait for its token, one lease period at most.
-                let deadline = Instant::now() + self.store_policy.lease;
-                while Instant::now() < deadline {
-                    tokio::time::sleep(self.store_policy.poll_interval).await;
-                    match self.load_acceptable().await {
-                        Ok(Some(stored)) => return (adopt(&stored), Via::Adopted),
-                        Ok(None) => {}
-                        Err(()) => return (self.source.fetch().await, Via::Fallback),
+        let deadline = later(Instant::now(), lease);
+        loop {
+            match bounded(timeout, self.store.try_lease(lease)).await {
+                Some(Some(owner)) => {
+                    // The holder before us may have published just before it released the
+                    // lease, or someone between our look and our lease.
+                    if let Ok(Some(found)) = self.load_acceptable().await {
+                        let _ = bounded(timeout, self.store.release_lease(&owner)).await;
+                        return (adopt(&found), Via::Adopted);
                     }
+                    return (self.fetch_and_publish(Some(owner)).await, Via::Fetched);
                 }
+                Some(None) => {}
+                None => return (self.source.fetch().await, Via::Fallback),
+            }
+            // Another instance holds the lease: wait for its token, trying the lease at every
+            // look, so that a holder that gives up (its fetch failed) is replaced within one
+            // poll interval, and one that died when its lease lapses.
+            if Instant::now() >= deadline {
                 tracing::warn!(
-                    lease_ms = self.store_policy.lease.as_millis() as u64,
+                    lease_ms = lease.as_millis() as u64,
                     "the instance holding the refresh lease published no token in time: fetching"
                 );
-                let owner = bounded(timeout, self.store.try_lease(self.store_policy.lease))
-                    .await
-                    .flatten();
-                (self.fetch_and_publish(owner).await, Via::Fetched)
+                return (self.fetch_and_publish(None).await, Via::Fetched);
             }
-            None => (self.source.fetch().await, Via::Fallback),
+            tokio::time::sleep(self.store_policy.poll_interval).await;
+            match self.load_acceptable().await {
+                Ok(Some(found)) => return (adopt(&found), Via::Adopted),
+                Ok(None) => {}
+                Err(()) => return (self.source.fetch().await, Via::Fallback),
+            }
         }
     }
 }

@@ -1,0 +1,145 @@
+//! One refresh attempt: what it runs (the token source, or the shared store and then the
+//! source), how it is supervised (a heartbeat while it runs, a panic turned into an error, a cut-off
+//! at the attempt timeout), and how its token goes into the cell.
+
+use std::future::{Future, poll_fn};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::flight::Sched;
+use super::{CachedToken, LocalToken, Shared};
+use crate::error::{Error, ErrorKind};
+use crate::token::AccessToken;
+use crate::token::policy::{later, random_fraction};
+use crate::token::shared_fetch::{self, Via};
+
+/// How often a running attempt shows that its task is being run.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl Shared {
+    /// One attempt: the source, or the shared store and the source.
+    pub(super) async fn fetch(&self) -> Result<AccessToken, Error> {
+        tracing::debug!("requesting a new token");
+        let Some((store, store_policy)) = &self.store else {
+            return self.source.fetch().await;
+        };
+        let now = Instant::now();
+        let current = self.current.load().as_ref().map(|cached| {
+            (
+                shared_fetch::digest(cached.token.as_str()),
+                cached.token.expires_at().saturating_duration_since(now),
+            )
+        });
+        let rejected = self.lock().rejected;
+        let context = shared_fetch::Context {
+            source: &*self.source,
+            store: &**store,
+            store_policy: *store_policy,
+            policy: &self.policy,
+            current,
+            rejected,
+        };
+        let (result, via) = context.refresh().await;
+        match via {
+            Via::Adopted => {
+                self.counters.adopted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("took the token another instance published");
+            }
+            Via::Fallback => {
+                self.counters
+                    .store_unavailable
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Via::Fetched => {}
+        }
+        result
+    }
+
+    /// Makes `token` the current one, unless it is already inside its safety margin. Checked
+    /// arithmetic only: nothing here can panic.
+    pub(super) fn install(
+        &self,
+        sched: &mut Sched,
+        token: AccessToken,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let lifetime = token.lifetime();
+        let expires_at = token.expires_at();
+        let received_at = token.received_at();
+        let margin = self.policy.expiry_margin_for(lifetime);
+        let usable_until = expires_at.checked_sub(margin).unwrap_or(received_at);
+        if now >= usable_until {
+            return Err(Error::new(
+                ErrorKind::InvalidTokenResponse,
+                format!("the token (lifetime {lifetime:?}) expired before it could be used"),
+            ));
+        }
+        let ahead = self.policy.refresh_ahead_for(lifetime, random_fraction());
+        let refresh_at = expires_at.checked_sub(ahead).unwrap_or(received_at);
+        // Share the header bytes now, so that clones on the fast path never allocate.
+        drop(token.header_value().clone());
+        sched.generation = sched.generation.saturating_add(1);
+        tracing::debug!(
+            generation = sched.generation,
+            lifetime_s = lifetime.as_secs_f64(),
+            refresh_in_s = refresh_at.saturating_duration_since(now).as_secs_f64(),
+            "new token"
+        );
+        let local = LocalToken::shared_copy(self, token.header_value(), sched.generation);
+        self.current.store(Some(Arc::new(CachedToken {
+            token,
+            generation: sched.generation,
+            refresh_at,
+            usable_until,
+            local,
+        })));
+        Ok(())
+    }
+}
+
+/// Runs `fetch` to its end, calling `beat` at least every [`HEARTBEAT`] while it runs, turning a panic into an
+/// error, and cutting it off at `deadline`.
+pub(super) async fn supervised(
+    fetch: impl Future<Output = Result<AccessToken, Error>>,
+    beat: impl Fn(),
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<AccessToken, Error> {
+    let mut fetch = pin!(fetch);
+    let mut timer = pin!(tokio::time::sleep_until(
+        later(Instant::now(), HEARTBEAT).min(deadline)
+    ));
+    poll_fn(|cx| {
+        match catch_unwind(AssertUnwindSafe(|| fetch.as_mut().poll(cx))) {
+            Ok(Poll::Ready(result)) => return Poll::Ready(result),
+            Ok(Poll::Pending) => {}
+            Err(_) => {
+                return Poll::Ready(Err(Error::new(
+                    ErrorKind::RefreshAborted,
+                    "the token source panicked",
+                )));
+            }
+        }
+        loop {
+            let now = Instant::now();
+            beat();
+            if now >= deadline {
+                return Poll::Ready(Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("the token source did not answer within {timeout:?}"),
+                )));
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            timer.as_mut().reset(later(now, HEARTBEAT).min(deadline));
+        }
+    })
+    .await
+}

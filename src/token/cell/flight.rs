@@ -1,0 +1,410 @@
+//! The single-flight refresh: at most one attempt at a time per cell, its outcome shared by every
+//! caller waiting on it.
+//!
+//! Nothing here depends on a task being polled on time:
+//!
+//! - an attempt (a *flight*) is registered and its [`FlightGuard`] made before its task is
+//!   spawned, and the guard moves into the task: completed, panicked, cancelled, or dropped
+//!   unpolled with its runtime, the flight reports an outcome, and one that ended without a result
+//!   counts as a failed attempt (the backoff applies; then anyone may start the next);
+//! - a running flight beats a heartbeat; one whose heartbeat stops (its runtime idle, blocked or
+//!   gone) or that outlives the attempt timeout is given up on by the next caller that needs a
+//!   token, which starts another on its own runtime;
+//! - every wait is bounded by the caller's deadline, on every iteration, and every iteration
+//!   awaits something that takes time: no loop can spin.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::attempt::supervised;
+use super::{CachedToken, Shared};
+use crate::error::{Error, ErrorKind};
+use crate::token::AccessToken;
+use crate::token::policy::{later, random_fraction};
+
+/// A flight whose heartbeat is older than this is not being run, and is given up on.
+const STALLED_AFTER: Duration = Duration::from_secs(3);
+
+/// What waiters of a flight learn: its error, or `Ok` ("look at the cell again": a token was
+/// installed, or the flight ended without one and the backoff applies).
+pub(super) type Outcome = Result<(), Error>;
+
+/// The refresh schedule, under the cell's lock.
+#[derive(Default)]
+pub(super) struct Sched {
+    flight: Option<Flight>,
+    flights: u64,
+    pub(super) failures: u32,
+    pub(super) not_before: Option<Instant>,
+    /// The last attempt's error, handed to callers during the backoff. `None` after a success,
+    /// and after an attempt that was cut off (callers then wait out the backoff instead).
+    pub(super) last_error: Option<Error>,
+    pub(super) young_rejections: u32,
+    pub(super) generation: u64,
+    /// SHA-256 of the token the server last rejected, so that it is never taken back from a
+    /// shared store.
+    pub(super) rejected: Option<[u8; 32]>,
+}
+
+impl Sched {
+    pub(super) fn in_flight(&self) -> bool {
+        self.flight.is_some()
+    }
+}
+
+/// A flight as the schedule and its waiters see it.
+#[derive(Clone)]
+pub(super) struct Flight {
+    id: u64,
+    outcome: watch::Receiver<Option<Outcome>>,
+    started: Instant,
+    /// When the flight last showed its task is being run (nanoseconds after the cell's epoch).
+    heartbeat: Arc<AtomicU64>,
+}
+
+/// Why a refresh starts (for tracing).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Reason {
+    /// No usable token.
+    Empty,
+    /// The token is past its refresh point.
+    Proactive,
+    /// Retrying, without a token, after a failure.
+    Retry,
+}
+
+/// What [`Shared::kick`] found.
+pub(super) enum Kick {
+    /// Nothing to do: a token of the wanted kind is there.
+    Ready,
+    /// A refresh is in flight.
+    Running(Flight),
+    /// No refresh before `until`; `error` is the last failure, to hand to callers at once.
+    Quiet {
+        until: Instant,
+        error: Option<Error>,
+    },
+    /// No tokio runtime to run a refresh on.
+    NoRuntime,
+}
+
+/// How an attempt ended.
+enum Ending {
+    /// The source answered (or panicked, or timed out: an error).
+    Fetched(Result<AccessToken, Error>),
+    /// Without a result: cancelled, dropped unpolled, or given up on.
+    CutOff,
+}
+
+pub(super) fn no_runtime() -> Error {
+    Error::new(
+        ErrorKind::NoRuntime,
+        "no tokio runtime: a token can only be fetched inside a tokio runtime",
+    )
+}
+
+impl Flight {
+    fn beat(&self, shared: &Shared) -> Instant {
+        later(
+            shared.epoch,
+            Duration::from_nanos(self.heartbeat.load(Ordering::Acquire)),
+        )
+    }
+
+    /// When the flight counts as not being run any more, unless its heartbeat moves on.
+    fn stalls_at(&self, shared: &Shared) -> Instant {
+        let overdue = later(
+            later(self.started, shared.policy.attempt_timeout),
+            STALLED_AFTER,
+        );
+        later(self.beat(shared), STALLED_AFTER).min(overdue)
+    }
+}
+
+impl Shared {
+    /// Whether a token that satisfies a caller who lacked one (`reason`, `after`) is there.
+    fn satisfied(&self, now: Instant, reason: Reason, after: u64) -> bool {
+        self.current.load().as_ref().is_some_and(|cached| {
+            cached.usable_at(now, after)
+                && (!matches!(reason, Reason::Proactive) || now < cached.refresh_at)
+        })
+    }
+
+    /// Joins the refresh in flight, or starts one on the current runtime, unless the backoff
+    /// says not yet or the token the caller lacked was installed since it looked. A flight that
+    /// has stopped running is given up on first.
+    pub(super) fn kick(self: &Arc<Self>, now: Instant, reason: Reason, after: u64) -> Kick {
+        let mut sched = self.lock();
+        // Tokens are installed under this lock, so this check cannot race with one.
+        if self.satisfied(now, reason, after) {
+            return Kick::Ready;
+        }
+        if let Some(flight) = &sched.flight {
+            if now < flight.stalls_at(self) {
+                return Kick::Running(flight.clone());
+            }
+            tracing::warn!(
+                running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
+                "the token refresh in flight is not being run (its runtime is idle, blocked or \
+                 gone, or the source hangs): giving up on it"
+            );
+            let _ = self.end_flight(&mut sched, now, Ending::CutOff);
+        }
+        if let Some(until) = sched.not_before.filter(|until| now < *until) {
+            return Kick::Quiet {
+                until,
+                error: sched.last_error.clone(),
+            };
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Kick::NoRuntime;
+        };
+        sched.flights += 1;
+        let (tx, rx) = watch::channel(None);
+        let flight = Flight {
+            id: sched.flights,
+            outcome: rx,
+            started: now,
+            heartbeat: Arc::new(AtomicU64::new(self.nanos(now))),
+        };
+        let guard = FlightGuard {
+            shared: Arc::clone(self),
+            flight: flight.clone(),
+            tx,
+            reported: false,
+        };
+        sched.flight = Some(flight.clone());
+        self.set_quiet(&sched);
+        drop(sched);
+        // Spawned outside the lock: a runtime shutting down drops the task (and the guard, which
+        // takes the lock) at once.
+        runtime.spawn(run(guard, reason));
+        Kick::Running(flight)
+    }
+
+    /// Starts a refresh from a synchronous caller if none runs and no backoff holds it back.
+    pub(super) fn refresh_soon(self: &Arc<Self>, now: Instant, reason: Reason) {
+        if self.nanos(now) < self.quiet_until.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.kick(now, reason, 0);
+    }
+
+    /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
+    /// until the policy's wait timeout.
+    pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Arc<CachedToken>, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(no_runtime());
+        }
+        self.ensure_refresher();
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        let deadline = later(Instant::now(), self.policy.wait_timeout);
+        let timed_out = |why: &str| {
+            Error::new(
+                ErrorKind::WaitTimeout,
+                format!("no token within {:?}{why}", self.policy.wait_timeout),
+            )
+        };
+        loop {
+            let now = Instant::now();
+            if let Some(cached) = self.usable(now, after) {
+                return Ok(cached);
+            }
+            if now >= deadline {
+                return Err(timed_out(""));
+            }
+            match self.kick(now, Reason::Empty, after) {
+                Kick::Ready => {}
+                Kick::Running(mut flight) => {
+                    let look_again = flight.stalls_at(self).min(deadline);
+                    let outcome = flight.outcome.wait_for(Option::is_some);
+                    match tokio::time::timeout_at(look_again, outcome).await {
+                        Ok(Ok(outcome)) => {
+                            if let Some(Err(error)) = &*outcome {
+                                return Err(error.clone());
+                            }
+                        }
+                        // The guard always reports, so its sender cannot go first; if it did,
+                        // the flight is over without a result.
+                        Ok(Err(_)) => self.give_up(flight.id),
+                        // Time to see whether the flight still runs, or the deadline.
+                        Err(_) => {}
+                    }
+                }
+                Kick::Quiet {
+                    error: Some(error), ..
+                } => return Err(error),
+                Kick::Quiet { until, error: None } => {
+                    if until >= deadline {
+                        return Err(timed_out(": the next refresh attempt is due after that"));
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                Kick::NoRuntime => return Err(no_runtime()),
+            }
+        }
+    }
+
+    /// Ends flight `id`, if it is still the one in flight, as an attempt without a result.
+    fn give_up(&self, id: u64) {
+        let mut sched = self.lock();
+        if sched.flight.as_ref().is_some_and(|flight| flight.id == id) {
+            let _ = self.end_flight(&mut sched, Instant::now(), Ending::CutOff);
+        }
+    }
+
+    /// Records the end of the flight in the schedule, and clears it.
+    fn end_flight(&self, sched: &mut Sched, now: Instant, ending: Ending) -> Outcome {
+        let started = sched.flight.as_ref().map_or(now, |flight| flight.started);
+        let elapsed_ms = now.saturating_duration_since(started).as_millis() as u64;
+        let outcome = match ending {
+            Ending::Fetched(result) => {
+                let result = result.and_then(|token| self.install(sched, token, now));
+                match &result {
+                    Ok(()) => {
+                        self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                        sched.failures = 0;
+                        sched.last_error = None;
+                        sched.not_before = sched.not_before.filter(|until| now < *until);
+                        tracing::debug!(
+                            generation = sched.generation,
+                            elapsed_ms,
+                            "token refreshed"
+                        );
+                    }
+                    Err(error) => {
+                        self.back_off(sched, now, error, elapsed_ms);
+                        sched.last_error = Some(error.clone());
+                    }
+                }
+                result
+            }
+            Ending::CutOff => {
+                let error = Error::new(
+                    ErrorKind::RefreshAborted,
+                    "the refresh ended without a result (cancelled, or not run)",
+                );
+                self.back_off(sched, now, &error, elapsed_ms);
+                sched.last_error = None;
+                Ok(())
+            }
+        };
+        // Cleared last: an attempt whose bookkeeping panicked is still in flight, and its guard
+        // then records it as cut off.
+        sched.flight = None;
+        self.set_quiet(sched);
+        self.wake.notify_one();
+        outcome
+    }
+
+    /// Counts a failed attempt and schedules the next one.
+    fn back_off(&self, sched: &mut Sched, now: Instant, error: &Error, elapsed_ms: u64) {
+        self.counters.fetches_failed.fetch_add(1, Ordering::Relaxed);
+        sched.failures = sched.failures.saturating_add(1);
+        let delay = self
+            .policy
+            .backoff_for(sched.failures, error, random_fraction());
+        sched.not_before = Some(later(now, delay));
+        let valid = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|cached| now < cached.usable_until);
+        tracing::warn!(
+            error = %error,
+            failures = sched.failures,
+            retry_in_ms = delay.as_millis() as u64,
+            serving_current_token = valid,
+            elapsed_ms,
+            "token refresh failed"
+        );
+    }
+
+    pub(super) fn set_quiet(&self, sched: &Sched) {
+        let until = if sched.flight.is_some() {
+            u64::MAX
+        } else {
+            sched.not_before.map_or(0, |at| self.nanos(at))
+        };
+        self.quiet_until.store(until, Ordering::Release);
+    }
+
+    fn is_in_flight(&self, id: u64) -> bool {
+        self.lock()
+            .flight
+            .as_ref()
+            .is_some_and(|flight| flight.id == id)
+    }
+}
+
+/// Reports the outcome of a flight exactly once: when it completes, or from `drop` when it
+/// panicked, was cancelled, or was dropped before it ever ran.
+struct FlightGuard {
+    shared: Arc<Shared>,
+    flight: Flight,
+    tx: watch::Sender<Option<Outcome>>,
+    reported: bool,
+}
+
+impl FlightGuard {
+    fn report(&mut self, ending: Ending) {
+        if self.reported {
+            return;
+        }
+        let outcome = {
+            let mut sched = self.shared.lock();
+            if sched
+                .flight
+                .as_ref()
+                .is_some_and(|flight| flight.id == self.flight.id)
+            {
+                self.shared.end_flight(&mut sched, Instant::now(), ending)
+            } else {
+                tracing::debug!(
+                    "a token refresh that was given up on ended; its result is dropped"
+                );
+                Ok(())
+            }
+        };
+        self.reported = true;
+        self.tx.send_replace(Some(outcome));
+    }
+
+    fn beat(&self) {
+        let now = self.shared.nanos(Instant::now());
+        self.flight.heartbeat.store(now, Ordering::Release);
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.report(Ending::CutOff);
+    }
+}
+
+/// The flight's task.
+async fn run(mut guard: FlightGuard, reason: Reason) {
+    let shared = Arc::clone(&guard.shared);
+    if !shared.is_in_flight(guard.flight.id) {
+        // Given up on before it ran.
+        guard.report(Ending::CutOff);
+        return;
+    }
+    guard.beat();
+    let deadline = later(guard.flight.started, shared.policy.attempt_timeout);
+    let span = tracing::debug_span!("token_refresh", reason = ?reason);
+    let result = supervised(
+        shared.fetch(),
+        || guard.beat(),
+        shared.policy.attempt_timeout,
+        deadline,
+    )
+    .instrument(span)
+    .await;
+    guard.report(Ending::Fetched(result));
+}

@@ -1,0 +1,73 @@
+//! The values a [`TokenCell`](super::TokenCell) hands out: the token as a ready header value,
+//! and the cell's counters.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+#[cfg(doc)]
+use super::TokenCell;
+
+/// A usable token as the cell hands it out: the ready `Authorization` value and its generation.
+///
+/// Cloning bumps reference counts only.
+#[derive(Clone)]
+pub struct TokenHeader {
+    pub(super) value: HeaderValue,
+    pub(super) generation: u64,
+}
+
+impl TokenHeader {
+    /// `Bearer <token>`, marked sensitive.
+    #[must_use]
+    pub fn value(&self) -> &HeaderValue {
+        &self.value
+    }
+
+    /// Takes the header value.
+    #[must_use]
+    pub fn into_value(self) -> HeaderValue {
+        self.value
+    }
+
+    /// The token generation: 1 for the cell's first token, one more for every renewal. Pass it to
+    /// [`TokenCell::invalidate`] when the server rejects the token.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for TokenHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenHeader")
+            .field("value", &"[redacted]")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// Counters of a [`TokenCell`]; see [`TokenCell::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CellStats {
+    /// Token requests that produced a token.
+    pub fetches_ok: u64,
+    /// Token requests that failed (attempts that were cut off included).
+    pub fetches_failed: u64,
+    /// Calls that found no usable token and had to wait (or fail).
+    pub waits: u64,
+    /// Tokens dropped because the server rejected them (one per generation at most).
+    pub invalidations: u64,
+    /// Generation of the current token; 0 before the first.
+    pub generation: u64,
+    /// Time until the current token expires, if there is one.
+    pub time_to_expiry: Option<Duration>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// Tokens taken from the shared store (fetched by another instance).
+    pub adopted_from_store: u64,
+    /// Refreshes that fetched alone because the shared store was unavailable.
+    pub store_unavailable: u64,
+}

@@ -1,0 +1,393 @@
+//! `TokenCell`: the shared token behind every request, and its fast path.
+//!
+//! The cell is split by idea:
+//!
+//! - this module: the state (the current token with the instants that govern it) and the fast
+//!   path. Every use compares the token's usable-until instant with the clock: a token is never
+//!   handed out after it, whatever any task, runtime or clock does. No flag that some task must
+//!   clear stands in for that comparison.
+//! - [`flight`]: the single-flight refresh. An attempt reports its outcome even when its task is
+//!   dropped before it ever runs; one whose task is not being run is given up on by the next
+//!   caller that needs a token; every wait honours its deadline.
+//! - [`attempt`]: one attempt: fetching, supervising, installing its token.
+//! - [`rejection`]: a token the server rejected.
+//! - [`header`]: the values the cell hands out.
+//! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
+//!   request path). It is started again by the next use, on whatever runtime that use runs on,
+//!   when its task has ended or its runtime is gone.
+//! - [`reader`]: the per-service view the layer reads the token through.
+
+mod attempt;
+mod flight;
+mod header;
+mod reader;
+mod refresher;
+mod rejection;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use self::flight::{Reason, Sched};
+pub use self::header::{CellStats, TokenHeader};
+pub(crate) use self::reader::{CellLink, LocalToken, TokenReader};
+use super::policy::RefreshPolicy;
+use super::{AccessToken, TokenSource};
+use crate::error::Error;
+use crate::store::{StorePolicy, TokenStore};
+
+/// The shared, self-refreshing access token of one client at one token endpoint.
+///
+/// Built from any [`TokenSource`] and a [`RefreshPolicy`]; cheap to clone (clones share the token).
+///
+/// - [`current`](Self::current) is the fast path: one lock-free load and one clock read, no
+///   allocation, no `.await`. It returns the token while it is usable and, once the token is past
+///   its refresh point, starts one refresh without waiting for it.
+/// - [`token`](Self::token) also waits, when there is no usable token, for the one refresh in
+///   flight (starting it if needed), for at most the policy's wait timeout.
+/// - [`invalidate`](Self::invalidate) and [`renewed`](Self::renewed) handle a `401` from the
+///   server: only the first call for a token generation renews it.
+///
+/// # Refresh
+///
+/// A token of lifetime `L` is refreshed once less than `min(max(30 s, 20% L), 50% L)` of it
+/// remains, plus up to `10% L` of random jitter, by a background task (on by default when a tokio
+/// runtime is present) that holds only a weak reference and ends with the last handle. A token is
+/// never handed out in its last `min(10 s, 10% L)`: every use checks the clock.
+///
+/// # Failures
+///
+/// A failed refresh while the token is valid changes nothing for callers: the token is served
+/// until its margin while refreshes are retried with exponential backoff (200 ms to 30 s, with
+/// jitter, `Retry-After` honoured; permanent errors at 30 s). Without a usable token, callers get
+/// the error of the last attempt (see [`Error::is_transient`]); no request is ever given an
+/// expired token. An attempt that panics, is cancelled, runs past the attempt timeout (60 s), or
+/// sits on a runtime that no longer runs it counts as a failed attempt: the cell backs off and
+/// then tries again, from whatever runtime needs the token.
+///
+/// # Runtimes
+///
+/// The cell may outlive the runtime it was made on, be used from several in turn, or sit on an
+/// idle one (a struct owning a runtime and calling `block_on` per method): the guarantees above
+/// hold in each case. A refresh needs a tokio runtime to run on: with none at all,
+/// [`current`](Self::current) still hands out a usable token, and a caller that needs a new one
+/// gets [`ErrorKind::NoRuntime`](crate::ErrorKind::NoRuntime). While no runtime runs, no token is
+/// renewed; the first use on a running one renews it.
+///
+/// # Example
+///
+/// ```no_run
+/// use koppeltaal_auth::{ClientCredentials, RefreshPolicy, TokenCell};
+///
+/// # async fn run(source: ClientCredentials) -> Result<(), koppeltaal_auth::Error> {
+/// let cell = TokenCell::new(source, RefreshPolicy::default());
+/// cell.ready().await?; // fail readiness until the first token arrives
+/// let token = cell.token().await?;
+/// let header = token.value(); // `Bearer ...`, marked sensitive
+/// # let _ = header;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenCell {
+    shared: Arc<Shared>,
+}
+
+/// A token in the cell, with the instants that govern it.
+struct CachedToken {
+    token: AccessToken,
+    generation: u64,
+    refresh_at: Instant,
+    /// The token is never handed out from this instant on (its expiry less the safety margin).
+    usable_until: Instant,
+    /// The token as services that have no copy of their own hand it out (see [`TokenReader`]).
+    local: LocalToken,
+}
+
+impl CachedToken {
+    #[inline]
+    fn header(&self) -> TokenHeader {
+        TokenHeader {
+            value: self.token.header_value().clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Usable at `now`, and of a generation after `after`.
+    #[inline]
+    fn usable_at(&self, now: Instant, after: u64) -> bool {
+        self.generation > after && now < self.usable_until
+    }
+}
+
+/// What every handle on one cell shares.
+struct Shared {
+    current: ArcSwapOption<CachedToken>,
+    /// This cell, for the links tokens keep to it (see [`CellLink`]).
+    me: Weak<Self>,
+    /// Set while the cell should have a background refresher and none runs: the next use starts
+    /// one (see [`refresher`]). Always false with background refresh off.
+    needs_refresher: AtomicBool,
+    /// Nanoseconds after `epoch` before which the fast path does not try to start a refresh:
+    /// `u64::MAX` while one runs, the end of the backoff after a failure. Saves the fast path a
+    /// lock while a token is stale. A hint only: callers that need a token always take the lock.
+    quiet_until: AtomicU64,
+    epoch: Instant,
+    source: Box<dyn TokenSource>,
+    store: Option<(Box<dyn TokenStore>, StorePolicy)>,
+    policy: RefreshPolicy,
+    sched: Mutex<Sched>,
+    /// Wakes the background refresher when the schedule changes or the cell is dropped.
+    wake: Arc<Notify>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
+    waits: AtomicU64,
+    invalidations: AtomicU64,
+    adopted: AtomicU64,
+    store_unavailable: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Let the background refresher notice that the last handle is gone.
+        self.wake.notify_one();
+    }
+}
+
+impl TokenCell {
+    /// A cell that gets its tokens from `source`. The first token is fetched on first use (or by
+    /// [`ready`](Self::ready)).
+    pub fn new(source: impl TokenSource, policy: RefreshPolicy) -> Self {
+        Self::build(Box::new(source), policy, None)
+    }
+
+    /// A cell that shares its token with other instances through `store` (see
+    /// [`TokenStore`](crate::store::TokenStore)): at a refresh point one instance fetches and the
+    /// others take its token from the store; when the store fails, the cell fetches on its own.
+    pub fn with_store(
+        source: impl TokenSource,
+        policy: RefreshPolicy,
+        store: impl TokenStore,
+        store_policy: StorePolicy,
+    ) -> Self {
+        Self::build(
+            Box::new(source),
+            policy,
+            Some((Box::new(store), store_policy)),
+        )
+    }
+
+    pub(crate) fn build(
+        source: Box<dyn TokenSource>,
+        policy: RefreshPolicy,
+        store: Option<(Box<dyn TokenStore>, StorePolicy)>,
+    ) -> Self {
+        let cell = Self {
+            shared: Arc::new_cyclic(|me| Shared {
+                current: ArcSwapOption::empty(),
+                me: me.clone(),
+                needs_refresher: AtomicBool::new(policy.background_refresh),
+                quiet_until: AtomicU64::new(0),
+                epoch: Instant::now(),
+                source,
+                store,
+                policy,
+                sched: Mutex::new(Sched::default()),
+                wake: Arc::new(Notify::new()),
+                counters: Counters::default(),
+            }),
+        };
+        cell.shared.ensure_refresher();
+        cell
+    }
+
+    /// The token, if one is usable now. Never waits, locks or allocates. Starts one refresh
+    /// (without waiting for it, and only inside a tokio runtime) when the token is past its
+    /// refresh point. Without a usable token it returns `None`; [`token`](Self::token) then
+    /// fetches one.
+    #[must_use]
+    #[inline]
+    pub fn current(&self) -> Option<TokenHeader> {
+        let shared = &*self.shared;
+        let guard = shared.current.load();
+        let now = Instant::now();
+        let cached = guard.as_ref().filter(|cached| now < cached.usable_until)?;
+        let header = cached.header();
+        let stale = now >= cached.refresh_at;
+        drop(guard);
+        if stale {
+            self.shared.refresh_soon(now, Reason::Proactive);
+        }
+        self.shared.keep_refresher();
+        Some(header)
+    }
+
+    /// A usable token: the current one, or the outcome of the refresh in flight (started if
+    /// needed).
+    ///
+    /// # Errors
+    ///
+    /// The error of the failed refresh attempt (all waiters of one attempt get the same one), the
+    /// last failure while the cell backs off, [`ErrorKind::WaitTimeout`] after the policy's wait
+    /// timeout, or [`ErrorKind::NoRuntime`] when a token must be fetched outside a tokio runtime.
+    ///
+    /// [`ErrorKind::WaitTimeout`]: crate::ErrorKind::WaitTimeout
+    /// [`ErrorKind::NoRuntime`]: crate::ErrorKind::NoRuntime
+    pub async fn token(&self) -> Result<TokenHeader, Error> {
+        match self.current() {
+            Some(token) => Ok(token),
+            None => self.shared.wait_for(0).await.map(|cached| cached.header()),
+        }
+    }
+
+    /// The current [`AccessToken`] itself (for callers that need the token string), waiting as
+    /// [`token`](Self::token) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token).
+    pub async fn access_token(&self) -> Result<AccessToken, Error> {
+        // For its side effects: a refresh when one is due.
+        let _ = self.current();
+        let cached = match self.shared.usable(Instant::now(), 0) {
+            Some(cached) => cached,
+            None => self.shared.wait_for(0).await?,
+        };
+        Ok(cached.token.clone())
+    }
+
+    /// Fetches the first token if there is none; resolves when a usable token is there. For
+    /// readiness checks.
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token).
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.token().await.map(drop)
+    }
+
+    /// Reports that the server rejected (`401`) the token of `generation`. If it is still the
+    /// current token, it is dropped and a renewal starts; for any older generation nothing
+    /// happens. Returns whether the token was dropped.
+    ///
+    /// A token younger than the policy's young-token age (5 s) that is rejected right after a
+    /// renewal points to a cause other than expiry: its renewal waits out a backoff.
+    pub fn invalidate(&self, generation: u64) -> bool {
+        let now = Instant::now();
+        if !self.shared.drop_rejected(now, generation) {
+            return false;
+        }
+        self.shared.refresh_soon(now, Reason::Empty);
+        true
+    }
+
+    /// [`invalidate`](Self::invalidate)s `generation` and waits for a usable token of a later
+    /// generation (the renewal, or one another caller already got).
+    ///
+    /// # Errors
+    ///
+    /// As [`token`](Self::token).
+    pub async fn renewed(&self, generation: u64) -> Result<TokenHeader, Error> {
+        self.invalidate(generation);
+        self.shared
+            .wait_for(generation)
+            .await
+            .map(|cached| cached.header())
+    }
+
+    /// Reports that a request with the token of `generation` was accepted after a renewal, so
+    /// that the next rejection is renewed without delay.
+    pub fn confirm(&self, generation: u64) {
+        self.shared.confirm(generation);
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> CellStats {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let consecutive_failures = shared.lock().failures;
+        let guard = shared.current.load();
+        let now = Instant::now();
+        CellStats {
+            fetches_ok: counters.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: counters.fetches_failed.load(Ordering::Relaxed),
+            waits: counters.waits.load(Ordering::Relaxed),
+            invalidations: counters.invalidations.load(Ordering::Relaxed),
+            generation: guard.as_ref().map_or(0, |cached| cached.generation),
+            time_to_expiry: guard
+                .as_ref()
+                .map(|cached| cached.token.expires_at().saturating_duration_since(now)),
+            consecutive_failures,
+            adopted_from_store: counters.adopted.load(Ordering::Relaxed),
+            store_unavailable: counters.store_unavailable.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RefreshPolicy {
+        &self.shared.policy
+    }
+}
+
+impl fmt::Debug for TokenCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCell")
+            .field("stats", &self.stats())
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `at` as nanoseconds after the cell's epoch (0 before it, `u64::MAX` centuries on).
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The token, if it is usable at `now` and of a generation after `after`.
+    fn usable(&self, now: Instant, after: u64) -> Option<Arc<CachedToken>> {
+        self.current
+            .load_full()
+            .filter(|cached| cached.usable_at(now, after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeTokenSource;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_never_handed_out_at_or_after_its_usable_until_instant() {
+        let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(100));
+        let cell = TokenCell::new(
+            source.clone(),
+            RefreshPolicy::default().background_refresh(false),
+        );
+        cell.ready().await.unwrap();
+        // The refresh that the stale token starts never completes.
+        source.close_gate();
+        let usable_until = cell.shared.current.load_full().unwrap().usable_until;
+        // 100 s token, margin min(10 s, 10 s): usable for 90 s.
+        tokio::time::advance(Duration::from_secs(90) - Duration::from_nanos(1)).await;
+        assert!(Instant::now() < usable_until);
+        assert_eq!(cell.current().map(|t| t.generation()), Some(1));
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(Instant::now(), usable_until);
+        assert!(cell.current().is_none());
+    }
+}

@@ -1,0 +1,114 @@
+//! The background refresher: one task per cell that starts a refresh at the token's refresh
+//! point (and, without a token, retries at the backoff pace), so that requests never wait for the
+//! token endpoint.
+//!
+//! It is an optimisation, never a guarantee: the fast path checks every token against the clock
+//! and starts refreshes itself, so a refresher that runs late, or not at all (its runtime idle,
+//! blocked or gone), costs a request a wait at worst, never an expired token. It holds only a weak
+//! reference, so it ends with the last handle on the cell. Its guard is made before it is
+//! spawned: when its task ends or is dropped (unpolled or not) while the cell lives on, the next
+//! use of the cell starts a new one, on whatever runtime that use runs on. At most one runs per
+//! cell.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Shared;
+use super::flight::Reason;
+use crate::token::policy::{MIN_BACKOFF, later};
+
+impl Shared {
+    /// Starts a refresher on the current runtime if the cell should have one and none runs.
+    pub(super) fn ensure_refresher(self: &Arc<Self>) {
+        if !self.needs_refresher.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.needs_refresher.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let guard = RefresherGuard(Arc::downgrade(self));
+        runtime.spawn(refresher(guard, Arc::clone(&self.wake)));
+    }
+
+    /// [`ensure_refresher`](Self::ensure_refresher) for the fast path: one relaxed load when a
+    /// refresher runs (or none is wanted).
+    #[inline]
+    pub(super) fn keep_refresher(self: &Arc<Self>) {
+        if self.needs_refresher.load(Ordering::Relaxed) {
+            self.ensure_refresher();
+        }
+    }
+
+    /// When the refresher should act next: `None` to sleep until woken.
+    fn refresher_due(&self, now: Instant) -> Option<(Instant, Reason)> {
+        let sched = self.lock();
+        if sched.in_flight() {
+            return None;
+        }
+        let due = match self.current.load().as_ref() {
+            Some(cached) => (cached.refresh_at, Reason::Proactive),
+            // Failing without a token: keep retrying at the backoff pace, so recovery is
+            // automatic.
+            None if sched.last_error.is_some() => (now, Reason::Retry),
+            None => return None,
+        };
+        Some(match sched.not_before {
+            Some(until) => (due.0.max(until), due.1),
+            None => due,
+        })
+    }
+}
+
+/// The refresher's task: sleeps until the refresh point, starts the refresh, repeats.
+async fn refresher(guard: RefresherGuard, wake: Arc<Notify>) {
+    tracing::trace!("background refresher started");
+    // The instant of the last refresh this task started, to never start two at one instant.
+    let mut kicked_at: Option<Instant> = None;
+    loop {
+        let due = {
+            let Some(shared) = guard.0.upgrade() else {
+                break;
+            };
+            let now = Instant::now();
+            match shared.refresher_due(now) {
+                Some((at, reason)) if at <= now => {
+                    if kicked_at == Some(now) {
+                        // Due again at once, with nothing changed: never loop without waiting.
+                        Some(later(now, MIN_BACKOFF))
+                    } else {
+                        kicked_at = Some(now);
+                        let _ = shared.kick(now, reason, 0);
+                        continue;
+                    }
+                }
+                due => due.map(|(at, _)| at),
+            }
+        };
+        match due {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at, wake.notified()).await;
+            }
+            None => wake.notified().await,
+        }
+    }
+    tracing::trace!("background refresher stopped: the cell is gone");
+}
+
+/// Lets the next use start a new refresher once this one's task is gone, however it went.
+struct RefresherGuard(Weak<Shared>);
+
+impl Drop for RefresherGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade()
+            && shared.policy.background_refresh
+        {
+            shared.needs_refresher.store(true, Ordering::Release);
+        }
+    }
+}
