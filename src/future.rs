@@ -11,9 +11,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::error::BoxError;
+use crate::head::HeadSnapshot;
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::{CellLink, LocalToken, TokenCell};
+use crate::token::{CellLink, LocalToken, Rejection, RetryPlan, TokenCell, TokenHeader};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -44,123 +45,26 @@ impl<S: Clone, B: ReplayBody> Retry<S, B> {
     }
 }
 
-impl<S, B> Retry<S, B> {
+impl<S: Clone, B: ReplayBody> Retry<S, B> {
     /// The service and the request to send again, or `None` (with the reason logged) when the
-    /// URI or a header cannot be rebuilt.
-    fn into_request(self) -> Option<(S, Request<B>)> {
-        let Some((uri, headers)) = self.head.rebuild() else {
+    /// URI, a header or the body cannot be copied again.
+    fn request(&self) -> Option<(S, Request<B>)> {
+        let (Some((uri, headers)), Some(body)) = (self.head.rebuild(), self.body.try_clone_body())
+        else {
             tracing::warn!(
-                "the request could not be copied for the replay (URI or a header); returning the 401"
+                "the request could not be copied for the replay (URI, a header or the body); \
+                 returning the 401"
             );
             return None;
         };
-        let mut request = Request::new(self.body);
-        *request.method_mut() = self.method;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = self.version;
         *request.headers_mut() = headers;
-        *request.extensions_mut() = self.extensions;
-        Some((self.service, request))
+        *request.extensions_mut() = self.extensions.clone();
+        Some((self.service.clone(), request))
     }
-}
-
-/// A request's URI and headers in one buffer: one allocation and a copy of their bytes. Cloning
-/// the `HeaderMap` and the `Uri` instead allocates the map's table and shares every header value,
-/// custom header name and URI part by reference count (an allocation each the first time, and
-/// atomic counts that the thread sending the request, and every other request with the same
-/// URI, also write). Replays are rare; the URI and the map are rebuilt only for one.
-struct HeadSnapshot {
-    /// Fields, each a length (`u32`, little endian; `u32::MAX` when absent) and its bytes: the
-    /// scheme, authority and path-and-query; then per header a sensitive flag byte, its name and
-    /// its value.
-    bytes: Vec<u8>,
-    headers: usize,
-}
-
-/// The length of an absent field.
-const ABSENT: u32 = u32::MAX;
-
-impl HeadSnapshot {
-    fn of(uri: &http::Uri, headers: &http::HeaderMap) -> Self {
-        let parts = [
-            uri.scheme_str(),
-            uri.authority().map(http::uri::Authority::as_str),
-            uri.path_and_query().map(http::uri::PathAndQuery::as_str),
-        ];
-        let size = parts
-            .iter()
-            .map(|part| 4 + part.map_or(0, str::len))
-            .sum::<usize>()
-            + headers
-                .iter()
-                .map(|(name, value)| 1 + 4 + name.as_str().len() + 4 + value.len())
-                .sum::<usize>();
-        let mut bytes = Vec::with_capacity(size);
-        for part in parts {
-            put(&mut bytes, part.map(str::as_bytes));
-        }
-        for (name, value) in headers {
-            bytes.push(u8::from(value.is_sensitive()));
-            put(&mut bytes, Some(name.as_str().as_bytes()));
-            put(&mut bytes, Some(value.as_bytes()));
-        }
-        Self {
-            bytes,
-            headers: headers.len(),
-        }
-    }
-
-    fn rebuild(&self) -> Option<(http::Uri, http::HeaderMap)> {
-        let mut rest = self.bytes.as_slice();
-        let mut uri = http::Uri::builder();
-        if let Some(scheme) = take(&mut rest)? {
-            uri = uri.scheme(scheme);
-        }
-        if let Some(authority) = take(&mut rest)? {
-            uri = uri.authority(authority);
-        }
-        if let Some(path_and_query) = take(&mut rest)? {
-            uri = uri.path_and_query(path_and_query);
-        }
-        let uri = uri.build().ok()?;
-        let mut headers = http::HeaderMap::with_capacity(self.headers);
-        while let Some((&flag, tail)) = rest.split_first() {
-            rest = tail;
-            let name = http::HeaderName::from_bytes(take(&mut rest)??).ok()?;
-            let mut value = http::HeaderValue::from_bytes(take(&mut rest)??).ok()?;
-            value.set_sensitive(flag != 0);
-            headers.append(name, value);
-        }
-        // A buffer cut at a header boundary would parse: the count catches it.
-        (headers.len() == self.headers).then_some((uri, headers))
-    }
-}
-
-/// Appends a field. One of 4 GiB or more (no server takes such a header; the http crate caps a
-/// URI at 64 KiB) is stored as absent, which a header position refuses at rebuild: the replay is
-/// then given up, never sent with a different header.
-fn put(buffer: &mut Vec<u8>, field: Option<&[u8]>) {
-    match field.and_then(|field| Some((u32::try_from(field.len()).ok()?, field))) {
-        Some((len, field)) if len != ABSENT => {
-            buffer.extend_from_slice(&len.to_le_bytes());
-            buffer.extend_from_slice(field);
-        }
-        _ => buffer.extend_from_slice(&ABSENT.to_le_bytes()),
-    }
-}
-
-/// Takes a field off the front of `rest`: `Some(None)` when absent, `None` when the buffer is
-/// damaged.
-fn take<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let (len, tail) = rest.split_first_chunk::<4>()?;
-    let len = u32::from_le_bytes(*len);
-    if len == ABSENT {
-        *rest = tail;
-        return Some(None);
-    }
-    let (field, tail) = tail.split_at_checked(usize::try_from(len).ok()?)?;
-    *rest = tail;
-    Some(Some(field))
 }
 
 pin_project! {
@@ -325,7 +229,10 @@ where
     .await
 }
 
-/// Renews the rejected token and replays the request once, or hands the `401` back.
+/// After a `401`: when the FHIR server's clock had not reached the token's start, waits until it
+/// has and replays with the same token; otherwise (or when that replay is refused too) renews the
+/// token and replays (see [`RetryPlan`]). The last answer goes back to the caller, as does the
+/// `401` when the request cannot be replayed.
 async fn after_401<S, B, ResBody>(
     cell: TokenCell,
     replay: bool,
@@ -334,11 +241,16 @@ async fn after_401<S, B, ResBody>(
     first: Response<ResBody>,
 ) -> Result<Response<ResBody>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
+    B: ReplayBody,
 {
+    let mut plan = RetryPlan::new(generation);
+    let mut verdict = plan.judge(&cell, first.headers());
     let Some(retry) = retry else {
-        cell.invalidate(generation);
+        if verdict == Rejection::Renew {
+            cell.invalidate(generation);
+        }
         let reason = if replay {
             "the request body cannot be replayed"
         } else {
@@ -347,97 +259,57 @@ where
         tracing::info!(
             generation,
             reason,
-            "401 returned to the caller; the token is renewed for the next request"
+            renewed = verdict == Rejection::Renew,
+            "401 returned to the caller; the next request has a token the server takes"
         );
         return Ok(first);
     };
-    let token = match cell.renewed(generation).await {
-        Ok(token) => token,
-        Err(error) => {
-            tracing::warn!(generation, %error, "could not renew the token after a 401; returning the 401");
-            return Ok(first);
+    let mut last = first;
+    loop {
+        let token = match plan.next(&cell, verdict).await {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                tracing::warn!(
+                    generation = plan.generation(),
+                    "the replay was rejected too; returning its 401"
+                );
+                return Ok(last);
+            }
+            Err(error) => {
+                tracing::warn!(generation, %error, "could not renew the token after a 401; returning the 401");
+                return Ok(last);
+            }
+        };
+        let Some(copy) = retry.request() else {
+            return Ok(last);
+        };
+        // The answer before is not read.
+        drop(last);
+        let response = send_again(copy, token.clone()).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            tracing::debug!(generation = token.generation(), "replayed after a 401");
+            cell.confirm(token.generation());
+            return Ok(response);
         }
-    };
-    let Some((mut service, mut request)) = retry.into_request() else {
-        return Ok(first);
-    };
-    // The first answer's body is not read.
-    drop(first);
+        verdict = plan.judge(&cell, response.headers());
+        last = response;
+    }
+}
+
+/// A copy of the request (see [`Retry::request`]), sent with `token`.
+async fn send_again<S, B, ResBody>(
+    (mut service, mut request): (S, Request<B>),
+    token: TokenHeader,
+) -> Result<Response<ResBody>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
     request
         .headers_mut()
         .insert(AUTHORIZATION, token.value().clone());
     poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(Into::into)?;
-    let response = service.call(request).await.map_err(Into::into)?;
-    if response.status() == StatusCode::UNAUTHORIZED {
-        tracing::warn!(
-            generation = token.generation(),
-            "the replay was rejected too; returning its 401"
-        );
-    } else {
-        tracing::debug!(
-            generation = token.generation(),
-            "replayed with a renewed token"
-        );
-        cell.confirm(token.generation());
-    }
-    Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::{HeaderMap, HeaderName, HeaderValue};
-
-    #[test]
-    fn a_head_snapshot_rebuilds_the_same_uri_and_headers_in_the_same_order() {
-        let mut headers = HeaderMap::new();
-        headers.insert("accept", HeaderValue::from_static("application/fhir+json"));
-        headers.append("x-request-id", HeaderValue::from_static("req-42"));
-        headers.append("cookie", HeaderValue::from_static("a=1"));
-        headers.append("cookie", HeaderValue::from_static("b=2"));
-        let mut secret = HeaderValue::from_static("Basic dXNlcjpwYXNz");
-        secret.set_sensitive(true);
-        headers.insert("proxy-authorization", secret);
-        headers.insert(
-            HeaderName::from_static("x-obs-text"),
-            HeaderValue::from_bytes(b"caf\xe9 \t!").unwrap(),
-        );
-        headers.insert("x-empty", HeaderValue::from_static(""));
-        let uri: http::Uri = "https://fhir.example.org:8443/fhir/DEFAULT/Task?_count=10&x=%2F"
-            .parse()
-            .unwrap();
-        let (rebuilt_uri, rebuilt) = HeadSnapshot::of(&uri, &headers).rebuild().unwrap();
-        assert_eq!(rebuilt_uri, uri);
-        assert_eq!(rebuilt, headers);
-        let order = |map: &HeaderMap| -> Vec<(String, Vec<u8>, bool)> {
-            map.iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec(), v.is_sensitive()))
-                .collect()
-        };
-        assert_eq!(order(&rebuilt), order(&headers));
-        assert!(rebuilt["proxy-authorization"].is_sensitive());
-        let relative: http::Uri = "/fhir/Patient/1".parse().unwrap();
-        let (rebuilt_uri, none) = HeadSnapshot::of(&relative, &HeaderMap::new())
-            .rebuild()
-            .unwrap();
-        assert_eq!(rebuilt_uri, relative);
-        assert!(none.is_empty());
-    }
-
-    #[test]
-    fn a_damaged_snapshot_is_refused_not_misread() {
-        let mut headers = HeaderMap::new();
-        headers.insert("accept", HeaderValue::from_static("application/fhir+json"));
-        let uri: http::Uri = "https://fhir.example.org/fhir/Task".parse().unwrap();
-        let snapshot = HeadSnapshot::of(&uri, &headers);
-        for cut in 1..snapshot.bytes.len() {
-            let damaged = HeadSnapshot {
-                bytes: snapshot.bytes[..cut].to_vec(),
-                headers: 1,
-            };
-            assert!(damaged.rebuild().is_none(), "{cut}");
-        }
-    }
+    service.call(request).await.map_err(Into::into)
 }

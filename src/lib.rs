@@ -70,6 +70,7 @@ mod config;
 mod endpoint;
 mod error;
 mod fetch;
+mod head;
 mod key;
 mod keyset;
 mod layer;

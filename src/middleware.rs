@@ -7,6 +7,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use crate::config::Authenticator;
 use crate::layer::{AuthShared, KoppeltaalAuthLayer};
+use crate::token::{Rejection, RetryPlan};
 
 /// [`reqwest_middleware::Middleware`] that adds a Koppeltaal bearer token to requests for the
 /// FHIR base (feature `reqwest-middleware`).
@@ -89,35 +90,52 @@ impl Middleware for KoppeltaalAuthMiddleware {
             return Ok(response);
         }
         let generation = token.generation();
-        let Some(mut replay) = replay else {
-            shared.cell.invalidate(generation);
+        let cell = &shared.cell;
+        let mut plan = RetryPlan::new(generation);
+        let mut verdict = plan.judge(cell, response.headers());
+        let Some(replay) = replay else {
+            if verdict == Rejection::Renew {
+                cell.invalidate(generation);
+            }
             tracing::info!(
                 generation,
-                "401 returned to the caller: the request body cannot be replayed; the token is \
-                 renewed for the next request"
+                renewed = verdict == Rejection::Renew,
+                "401 returned to the caller: the request body cannot be replayed; the next \
+                 request has a token the server takes"
             );
             return Ok(response);
         };
-        let renewed = match shared.cell.renewed(generation).await {
-            Ok(renewed) => renewed,
-            Err(error) => {
-                tracing::warn!(generation, %error, "could not renew the token after a 401; returning the 401");
+        let mut last = response;
+        loop {
+            let token = match plan.next(cell, verdict).await {
+                Ok(Some(token)) => token,
+                Ok(None) => {
+                    tracing::warn!(
+                        generation = plan.generation(),
+                        "the replay was rejected too; returning its 401"
+                    );
+                    return Ok(last);
+                }
+                Err(error) => {
+                    tracing::warn!(generation, %error, "could not renew the token after a 401; returning the 401");
+                    return Ok(last);
+                }
+            };
+            // `try_clone` worked once, on the same request: it works again.
+            let Some(mut again) = replay.try_clone() else {
+                return Ok(last);
+            };
+            drop(last);
+            again
+                .headers_mut()
+                .insert(AUTHORIZATION, token.value().clone());
+            let response = next.clone().run(again, extensions).await?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                cell.confirm(token.generation());
                 return Ok(response);
             }
-        };
-        drop(response);
-        replay
-            .headers_mut()
-            .insert(AUTHORIZATION, renewed.value().clone());
-        let response = next.run(replay, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            tracing::warn!(
-                generation = renewed.generation(),
-                "the replay was rejected too; returning its 401"
-            );
-        } else {
-            shared.cell.confirm(renewed.generation());
+            verdict = plan.judge(cell, response.headers());
+            last = response;
         }
-        Ok(response)
     }
 }

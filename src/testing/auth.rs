@@ -184,6 +184,7 @@ fn handle(
             number,
             client_id,
             issued_at: crate::token::later(Instant::now(), state.token_clock_advance),
+            iat: crate::token::issued::epoch_seconds(state.now()).unwrap_or(0),
             lifetime,
             revoked: false,
             fhir_requests: 0,

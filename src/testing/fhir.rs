@@ -74,6 +74,8 @@ pub(super) async fn resource(
                 .map(|_| &value[7..])
         });
     let now = crate::token::later(Instant::now(), state.token_clock_advance);
+    // HAPI checks `iat` with no leeway against its own clock.
+    let fhir_now = state.fhir_now();
     let mut token_number = None;
     let response = if method == Method::GET && path == "metadata" {
         MockResponse::json(&json!({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}))
@@ -82,7 +84,9 @@ pub(super) async fn resource(
         match token {
             None => outcome(StatusCode::UNAUTHORIZED, "Unauthorized"),
             Some(token)
-                if token.revoked || now >= crate::token::later(token.issued_at, token.lifetime) =>
+                if token.revoked
+                    || now >= crate::token::later(token.issued_at, token.lifetime)
+                    || fhir_now < crate::token::issued::from_epoch_seconds(token.iat) =>
             {
                 token_number = Some(token.number);
                 outcome(StatusCode::UNAUTHORIZED, "Unauthorized")
@@ -121,7 +125,9 @@ pub(super) async fn resource(
         status: response.status,
     });
     drop(state);
-    response.into_response()
+    response
+        .header("date", &httpdate::fmt_http_date(fhir_now))
+        .into_response()
 }
 
 /// A plausible FHIR answer: the resource read, or the resource created with a new id.

@@ -57,6 +57,16 @@ pub use body::MockResponse;
 pub use fake::FakeTokenSource;
 pub use memory_store::MemoryTokenStore;
 
+/// `at` moved by `seconds` (a century either way at most, so that nothing overflows).
+fn shift(at: SystemTime, seconds: i64) -> SystemTime {
+    let offset = Duration::from_secs(seconds.unsigned_abs()).min(MAX_CLOCK_ADVANCE);
+    if seconds >= 0 {
+        at.checked_add(offset).unwrap_or(at)
+    } else {
+        at.checked_sub(offset).unwrap_or(at)
+    }
+}
+
 /// `expires_in` is whole seconds, from 1 to the longest a client accepts.
 fn clamp_lifetime(lifetime: Duration) -> Duration {
     lifetime.clamp(Duration::from_secs(1), crate::token::MAX_TOKEN_LIFETIME)
@@ -191,6 +201,8 @@ struct Token {
     number: u64,
     client_id: String,
     issued_at: Instant,
+    /// `iat` by the auth server's clock, in epoch seconds.
+    iat: u64,
     lifetime: Duration,
     revoked: bool,
     fhir_requests: u64,
@@ -201,6 +213,7 @@ struct State {
     allowed_algs: Vec<Algorithm>,
     token_lifetime: Duration,
     clock_offset_secs: i64,
+    fhir_clock_offset_secs: i64,
     seen_jti: HashSet<String>,
     tokens: HashMap<String, Token>,
     faults: VecDeque<MockResponse>,
@@ -220,17 +233,14 @@ impl Shared {
 }
 
 impl State {
-    /// The mock server's wall clock: the local clock shifted by the configured offset.
+    /// The mock auth server's wall clock: the local clock shifted by the configured offset.
     fn now(&self) -> SystemTime {
-        // A century either way at most, so that the arithmetic cannot overflow.
-        let offset =
-            Duration::from_secs(self.clock_offset_secs.unsigned_abs()).min(MAX_CLOCK_ADVANCE);
-        let now = SystemTime::now();
-        if self.clock_offset_secs >= 0 {
-            now.checked_add(offset).unwrap_or(now)
-        } else {
-            now.checked_sub(offset).unwrap_or(now)
-        }
+        shift(SystemTime::now(), self.clock_offset_secs)
+    }
+
+    /// The mock FHIR server's wall clock: the auth server's shifted by the FHIR offset.
+    fn fhir_now(&self) -> SystemTime {
+        shift(self.now(), self.fhir_clock_offset_secs)
     }
 }
 
@@ -241,6 +251,7 @@ pub struct MockKoppeltaalBuilder {
     token_lifetime: Duration,
     allowed_algs: Vec<Algorithm>,
     clock_offset_secs: i64,
+    fhir_clock_offset_secs: i64,
 }
 
 impl Default for MockKoppeltaalBuilder {
@@ -249,6 +260,7 @@ impl Default for MockKoppeltaalBuilder {
             token_lifetime: Duration::from_secs(300),
             allowed_algs: vec![Algorithm::RS384, Algorithm::ES384, Algorithm::RS512],
             clock_offset_secs: 0,
+            fhir_clock_offset_secs: 0,
         }
     }
 }
@@ -275,6 +287,15 @@ impl MockKoppeltaalBuilder {
         self
     }
 
+    /// Runs the FHIR server's clock `seconds` ahead (negative: behind) of the auth server's.
+    /// As Koppeltaal's HAPI server, the FHIR endpoint allows no leeway on a token's `iat`: while
+    /// its clock has not reached it, it answers `401`. Its responses carry a `Date` from its
+    /// own clock.
+    pub fn fhir_clock_offset_secs(mut self, seconds: i64) -> Self {
+        self.fhir_clock_offset_secs = seconds;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving.
     ///
     /// # Errors
@@ -290,6 +311,7 @@ impl MockKoppeltaalBuilder {
                 allowed_algs: self.allowed_algs,
                 token_lifetime: self.token_lifetime,
                 clock_offset_secs: self.clock_offset_secs,
+                fhir_clock_offset_secs: self.fhir_clock_offset_secs,
                 seen_jti: HashSet::new(),
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
@@ -421,6 +443,12 @@ impl MockKoppeltaal {
     /// Runs the server clock `seconds` ahead (negative: behind) of the local clock.
     pub fn set_clock_offset_secs(&self, seconds: i64) {
         self.shared.lock().clock_offset_secs = seconds;
+    }
+
+    /// Runs the FHIR server's clock `seconds` ahead (negative: behind) of the auth server's
+    /// from now on (see [`MockKoppeltaalBuilder::fhir_clock_offset_secs`]).
+    pub fn set_fhir_clock_offset_secs(&self, seconds: i64) {
+        self.shared.lock().fhir_clock_offset_secs = seconds;
     }
 
     /// Revokes every token issued so far: the FHIR endpoint answers `401` for them.

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::issued::{from_epoch_seconds, jwt_valid_from};
 use super::response::{parse_error_response, parse_token_response};
 use super::{AccessToken, BoxFuture, TokenSource};
 use crate::assertion::ClientAssertion;
@@ -176,7 +177,16 @@ impl ClientCredentials {
             "token endpoint answered"
         );
         if status.is_success() {
-            parse_token_response(&body, received_at, inner.default_lifetime)
+            let token = parse_token_response(&body, received_at, inner.default_lifetime)?;
+            // When a resource server starts taking it: the JWT's own claims, else the moment the
+            // auth server answered (by its clock).
+            let not_before = jwt_valid_from(token.as_str())
+                .map(from_epoch_seconds)
+                .or_else(|| {
+                    let date = headers.get(http::header::DATE)?.to_str().ok()?;
+                    httpdate::parse_http_date(date).ok()
+                });
+            Ok(token.with_not_before(not_before))
         } else {
             Err(parse_error_response(
                 status,

@@ -2,6 +2,7 @@
 
 mod cell;
 mod client;
+pub(crate) mod issued;
 mod policy;
 mod response;
 mod shared_fetch;
@@ -10,24 +11,25 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
 use crate::error::Error;
 
-pub(crate) use cell::{CellLink, LocalToken, TokenReader};
+pub(crate) use cell::{CellLink, LocalToken, Rejection, RetryPlan, TokenReader};
 pub use cell::{CellStats, TokenCell, TokenHeader};
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use client::{DEFAULT_TOKEN_LIFETIME, MAX_REQUEST_TIMEOUT};
 pub(crate) use policy::later;
 pub use policy::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN,
-    DEFAULT_EXPIRY_MARGIN_FRACTION, DEFAULT_EXPIRY_MARGIN_MAX, DEFAULT_REFRESH_AHEAD_FRACTION,
-    DEFAULT_REFRESH_AHEAD_MAX_FRACTION, DEFAULT_REFRESH_AHEAD_MIN, DEFAULT_REFRESH_JITTER_FRACTION,
-    DEFAULT_WAIT_TIMEOUT, DEFAULT_YOUNG_TOKEN_AGE, MAX_ATTEMPT_TIMEOUT, MAX_BACKOFF,
-    MAX_RETRY_AFTER, MAX_WAIT_TIMEOUT, MIN_ATTEMPT_TIMEOUT, MIN_BACKOFF, RefreshPolicy,
+    DEFAULT_EXPIRY_MARGIN_FRACTION, DEFAULT_EXPIRY_MARGIN_MAX, DEFAULT_FHIR_CLOCK_WAIT,
+    DEFAULT_REFRESH_AHEAD_FRACTION, DEFAULT_REFRESH_AHEAD_MAX_FRACTION, DEFAULT_REFRESH_AHEAD_MIN,
+    DEFAULT_REFRESH_JITTER_FRACTION, DEFAULT_WAIT_TIMEOUT, DEFAULT_YOUNG_TOKEN_AGE,
+    MAX_ATTEMPT_TIMEOUT, MAX_BACKOFF, MAX_FHIR_CLOCK_WAIT, MAX_RETRY_AFTER, MAX_WAIT_TIMEOUT,
+    MIN_ATTEMPT_TIMEOUT, MIN_BACKOFF, RefreshPolicy,
 };
 #[cfg(test)]
 pub(crate) use response::{
@@ -57,6 +59,9 @@ pub struct AccessToken {
     lifetime: Duration,
     received_at: Instant,
     scope: Option<Arc<str>>,
+    /// Epoch seconds, by the issuer's clock, from which the token is valid (see
+    /// [`not_before`](Self::not_before)).
+    not_before: Option<u64>,
 }
 
 const BEARER_PREFIX: &str = "Bearer ";
@@ -94,7 +99,29 @@ impl AccessToken {
             lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
             received_at,
             scope: None,
+            not_before: None,
         })
+    }
+
+    /// Sets the instant, by the issuer's clock, from which a resource server takes the token:
+    /// its `iat`/`nbf` when it is a JWT, else when the token response was sent (its `Date`).
+    /// [`ClientCredentials`] sets it. Used only to time the token's first use at a FHIR server
+    /// whose clock is behind the issuer's, never to decide whether the token is valid.
+    #[must_use]
+    pub fn with_not_before(mut self, not_before: Option<SystemTime>) -> Self {
+        self.not_before = not_before.and_then(issued::epoch_seconds);
+        self
+    }
+
+    /// See [`with_not_before`](Self::with_not_before).
+    #[must_use]
+    pub fn not_before(&self) -> Option<SystemTime> {
+        self.not_before.map(issued::from_epoch_seconds)
+    }
+
+    /// [`not_before`](Self::not_before) in epoch seconds.
+    pub(crate) fn not_before_secs(&self) -> Option<u64> {
+        self.not_before
     }
 
     /// Sets the granted `scope` from the token response.
@@ -154,6 +181,7 @@ impl fmt::Debug for AccessToken {
             .field("lifetime", &self.lifetime)
             .field("received_at", &self.received_at)
             .field("scope", &self.scope)
+            .field("not_before", &self.not_before)
             .finish()
     }
 }

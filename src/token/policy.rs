@@ -43,6 +43,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
 /// store's steps when there is one): longer than a token request's own 10 s timeout plus a
 /// 15 s store lease.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest wait of a request refused because its token is not valid yet at a FHIR server
+/// whose clock is behind the auth server's, before it is replayed with the same token.
+pub const DEFAULT_FHIR_CLOCK_WAIT: Duration = Duration::from_secs(5);
+/// Longest [`RefreshPolicy::fhir_clock_wait`]: a minute.
+pub const MAX_FHIR_CLOCK_WAIT: Duration = Duration::from_secs(60);
 /// Bounds of [`RefreshPolicy::attempt_timeout`]: 100 ms to an hour.
 pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 /// See [`MIN_ATTEMPT_TIMEOUT`].
@@ -83,6 +88,7 @@ pub struct RefreshPolicy {
     pub(crate) wait_timeout: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) young_token_age: Duration,
+    pub(crate) fhir_clock_wait: Duration,
     pub(crate) background_refresh: bool,
 }
 
@@ -100,6 +106,7 @@ impl Default for RefreshPolicy {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             young_token_age: DEFAULT_YOUNG_TOKEN_AGE,
+            fhir_clock_wait: DEFAULT_FHIR_CLOCK_WAIT,
             background_refresh: true,
         }
     }
@@ -180,6 +187,17 @@ impl RefreshPolicy {
     /// [`MAX_TOKEN_LIFETIME`].
     pub fn young_token_age(mut self, age: Duration) -> Self {
         self.young_token_age = age.min(MAX_TOKEN_LIFETIME);
+        self
+    }
+
+    /// Sets how long, at most, a request refused with `401` because its token is not valid yet
+    /// at the FHIR server waits before it is replayed with the same token. That happens when the
+    /// FHIR server's clock is behind the auth server's: Koppeltaal's HAPI server allows no leeway
+    /// on `iat`/`nbf`, and the `Date` of its `401` tells that its clock had not reached the
+    /// token's start. A longer wait would be needed: the token is renewed instead. Defaults to
+    /// 5 s; zero turns the wait off; clamped to [`MAX_FHIR_CLOCK_WAIT`] (a minute).
+    pub fn fhir_clock_wait(mut self, wait: Duration) -> Self {
+        self.fhir_clock_wait = wait.min(MAX_FHIR_CLOCK_WAIT);
         self
     }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::flight::Sched;
+use super::fhir_clock::MAX_FHIR_LAG;
+use super::flight::{Ending, Outcome, Sched};
 use super::{CachedToken, LocalToken, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
@@ -23,6 +24,73 @@ use crate::token::shared_fetch::{self, Via};
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl Shared {
+    /// Records the end of the flight in the schedule, and clears it.
+    pub(super) fn end_flight(&self, sched: &mut Sched, now: Instant, ending: Ending) -> Outcome {
+        let started = sched.flight_started().unwrap_or(now);
+        let elapsed_ms = now.saturating_duration_since(started).as_millis() as u64;
+        let outcome = match ending {
+            Ending::Fetched(result) => {
+                let result = result.and_then(|token| self.install(sched, token, now));
+                match &result {
+                    Ok(()) => {
+                        self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                        sched.failures = 0;
+                        sched.last_error = None;
+                        sched.not_before = sched.not_before.filter(|until| now < *until);
+                        tracing::debug!(
+                            generation = sched.generation,
+                            elapsed_ms,
+                            "token refreshed"
+                        );
+                    }
+                    Err(error) => {
+                        self.back_off(sched, now, error, elapsed_ms);
+                        sched.last_error = Some(error.clone());
+                    }
+                }
+                result
+            }
+            Ending::CutOff => {
+                let error = Error::new(
+                    ErrorKind::RefreshAborted,
+                    "the refresh ended without a result (cancelled, or not run)",
+                );
+                self.back_off(sched, now, &error, elapsed_ms);
+                sched.last_error = None;
+                Ok(())
+            }
+        };
+        // Cleared last: an attempt whose bookkeeping panicked is still in flight, and its guard
+        // then records it as cut off.
+        sched.clear_flight();
+        self.set_quiet(sched);
+        self.wake.notify_one();
+        outcome
+    }
+
+    /// Counts a failed attempt and schedules the next one.
+    fn back_off(&self, sched: &mut Sched, now: Instant, error: &Error, elapsed_ms: u64) {
+        self.counters.fetches_failed.fetch_add(1, Ordering::Relaxed);
+        sched.failures = sched.failures.saturating_add(1);
+        let delay = self
+            .policy
+            .backoff_for(sched.failures, error, random_fraction());
+        sched.not_before = Some(later(now, delay));
+        let valid = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|cached| now < cached.usable_until);
+        tracing::warn!(
+            error = %error,
+            failures = sched.failures,
+            retry_in_ms = delay.as_millis() as u64,
+            serving_current_token = valid,
+            elapsed_ms,
+            "token refresh failed"
+        );
+    }
+
     /// One attempt: the source, or the shared store and the source.
     pub(super) async fn fetch(&self) -> Result<AccessToken, Error> {
         tracing::debug!("requesting a new token");
@@ -91,15 +159,67 @@ impl Shared {
             refresh_in_s = refresh_at.saturating_duration_since(now).as_secs_f64(),
             "new token"
         );
+        let previous = self
+            .current
+            .load()
+            .as_ref()
+            .and_then(|current| current.previous_for_successor(now));
+        let valid_from = self.valid_from(sched, &token, now, usable_until, previous.is_some());
+        let previous = previous.filter(|_| valid_from > now);
         let local = LocalToken::shared_copy(self, token.header_value(), sched.generation);
         self.current.store(Some(Arc::new(CachedToken {
             token,
             generation: sched.generation,
             refresh_at,
             usable_until,
+            valid_from,
+            previous,
             local,
         })));
         Ok(())
+    }
+
+    /// When the FHIR server will take `token`, as far as its clock is known: `now` unless its
+    /// clock is behind the token's start. With a previous token serving meanwhile, the instant by
+    /// which its clock has surely passed the start; with none, the earliest it may have (so that
+    /// nobody waits longer than the offset; a `401` a moment too early then waits the rest).
+    fn valid_from(
+        &self,
+        sched: &mut Sched,
+        token: &AccessToken,
+        now: Instant,
+        usable_until: Instant,
+        previous: bool,
+    ) -> Instant {
+        let clock = sched.fhir_clock.filter(|clock| clock.trusted_at(now));
+        let (Some(clock), Some(start)) = (clock, token.not_before_secs()) else {
+            return now;
+        };
+        let at = if previous {
+            clock.surely_reaches(start)
+        } else {
+            clock.may_reach(start)
+        };
+        let lag = at.saturating_duration_since(now);
+        if lag.is_zero() {
+            return now;
+        }
+        if lag > MAX_FHIR_LAG || at >= usable_until {
+            if !std::mem::replace(&mut sched.lag_reported, true) {
+                tracing::warn!(
+                    lag_s = lag.as_secs(),
+                    "the FHIR server's clock is too far behind the auth server's to wait for: \
+                 new tokens are used at once (check the servers' clocks)"
+                );
+            }
+            return now;
+        }
+        tracing::debug!(
+            lag_ms = lag.as_millis() as u64,
+            serving_previous = previous,
+            "the FHIR server's clock is behind: the new token is used once it takes it"
+        );
+        at
     }
 }
 

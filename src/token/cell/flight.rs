@@ -22,10 +22,11 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::attempt::supervised;
-use super::{CachedToken, Shared};
+use super::fhir_clock::FhirClock;
+use super::{Shared, Usable};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
-use crate::token::policy::{later, random_fraction};
+use crate::token::policy::later;
 
 /// A flight whose heartbeat is older than this is not being run, and is given up on.
 const STALLED_AFTER: Duration = Duration::from_secs(3);
@@ -49,11 +50,26 @@ pub(super) struct Sched {
     /// SHA-256 of the token the server last rejected, so that it is never taken back from a
     /// shared store.
     pub(super) rejected: Option<[u8; 32]>,
+    /// The last reading of the FHIR server's clock.
+    pub(super) fhir_clock: Option<FhirClock>,
+    /// The generation whose `401`s wait for the FHIR server's clock, and until when.
+    pub(super) clock_wait: Option<(u64, Instant)>,
+    /// Whether a FHIR clock too far behind to work around was reported.
+    pub(super) lag_reported: bool,
 }
 
 impl Sched {
     pub(super) fn in_flight(&self) -> bool {
         self.flight.is_some()
+    }
+
+    /// When the flight in the air started.
+    pub(super) fn flight_started(&self) -> Option<Instant> {
+        self.flight.as_ref().map(|flight| flight.started)
+    }
+
+    pub(super) fn clear_flight(&mut self) {
+        self.flight = None;
     }
 }
 
@@ -82,6 +98,9 @@ pub(super) enum Reason {
 pub(super) enum Kick {
     /// Nothing to do: a token of the wanted kind is there.
     Ready,
+    /// A token of the wanted kind is handed out from this instant (the FHIR server's clock is
+    /// behind).
+    Pending(Instant),
     /// A refresh is in flight.
     Running(Flight),
     /// No refresh before `until`; `error` is the last failure, to hand to callers at once.
@@ -94,7 +113,7 @@ pub(super) enum Kick {
 }
 
 /// How an attempt ended.
-enum Ending {
+pub(super) enum Ending {
     /// The source answered (or panicked, or timed out: an error).
     Fetched(Result<AccessToken, Error>),
     /// Without a result: cancelled, dropped unpolled, or given up on.
@@ -127,12 +146,23 @@ impl Flight {
 }
 
 impl Shared {
-    /// Whether a token that satisfies a caller who lacked one (`reason`, `after`) is there.
-    fn satisfied(&self, now: Instant, reason: Reason, after: u64) -> bool {
-        self.current.load().as_ref().is_some_and(|cached| {
-            cached.usable_at(now, after)
-                && (!matches!(reason, Reason::Proactive) || now < cached.refresh_at)
-        })
+    /// When a token that satisfies a caller who lacked one (`reason`, `after`) is handed out:
+    /// now, later (a new token the FHIR server does not take yet), or `None` if there is none.
+    fn ready_at(&self, now: Instant, reason: Reason, after: u64) -> Option<Instant> {
+        let guard = self.current.load();
+        let cached = guard.as_ref()?;
+        if cached.generation <= after || now >= cached.usable_until {
+            return None;
+        }
+        if now < cached.valid_from {
+            // Fetched already: a proactive refresh is done; anyone else waits for it.
+            return Some(if matches!(reason, Reason::Proactive) {
+                now
+            } else {
+                cached.valid_from
+            });
+        }
+        (!matches!(reason, Reason::Proactive) || now < cached.refresh_at).then_some(now)
     }
 
     /// Joins the refresh in flight, or starts one on the current runtime, unless the backoff
@@ -141,8 +171,10 @@ impl Shared {
     pub(super) fn kick(self: &Arc<Self>, now: Instant, reason: Reason, after: u64) -> Kick {
         let mut sched = self.lock();
         // Tokens are installed under this lock, so this check cannot race with one.
-        if self.satisfied(now, reason, after) {
-            return Kick::Ready;
+        match self.ready_at(now, reason, after) {
+            Some(at) if at <= now => return Kick::Ready,
+            Some(at) => return Kick::Pending(at),
+            None => {}
         }
         if let Some(flight) = &sched.flight {
             if now < flight.stalls_at(self) {
@@ -197,7 +229,7 @@ impl Shared {
 
     /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
     /// until the policy's wait timeout.
-    pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Arc<CachedToken>, Error> {
+    pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(no_runtime());
         }
@@ -212,14 +244,15 @@ impl Shared {
         };
         loop {
             let now = Instant::now();
-            if let Some(cached) = self.usable(now, after) {
-                return Ok(cached);
+            if let Some(usable) = self.usable(now, after) {
+                return Ok(usable);
             }
             if now >= deadline {
                 return Err(timed_out(""));
             }
             match self.kick(now, Reason::Empty, after) {
                 Kick::Ready => {}
+                Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
                 Kick::Running(mut flight) => {
                     let look_again = flight.stalls_at(self).min(deadline);
                     let outcome = flight.outcome.wait_for(Option::is_some);
@@ -256,73 +289,6 @@ impl Shared {
         if sched.flight.as_ref().is_some_and(|flight| flight.id == id) {
             let _ = self.end_flight(&mut sched, Instant::now(), Ending::CutOff);
         }
-    }
-
-    /// Records the end of the flight in the schedule, and clears it.
-    fn end_flight(&self, sched: &mut Sched, now: Instant, ending: Ending) -> Outcome {
-        let started = sched.flight.as_ref().map_or(now, |flight| flight.started);
-        let elapsed_ms = now.saturating_duration_since(started).as_millis() as u64;
-        let outcome = match ending {
-            Ending::Fetched(result) => {
-                let result = result.and_then(|token| self.install(sched, token, now));
-                match &result {
-                    Ok(()) => {
-                        self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
-                        sched.failures = 0;
-                        sched.last_error = None;
-                        sched.not_before = sched.not_before.filter(|until| now < *until);
-                        tracing::debug!(
-                            generation = sched.generation,
-                            elapsed_ms,
-                            "token refreshed"
-                        );
-                    }
-                    Err(error) => {
-                        self.back_off(sched, now, error, elapsed_ms);
-                        sched.last_error = Some(error.clone());
-                    }
-                }
-                result
-            }
-            Ending::CutOff => {
-                let error = Error::new(
-                    ErrorKind::RefreshAborted,
-                    "the refresh ended without a result (cancelled, or not run)",
-                );
-                self.back_off(sched, now, &error, elapsed_ms);
-                sched.last_error = None;
-                Ok(())
-            }
-        };
-        // Cleared last: an attempt whose bookkeeping panicked is still in flight, and its guard
-        // then records it as cut off.
-        sched.flight = None;
-        self.set_quiet(sched);
-        self.wake.notify_one();
-        outcome
-    }
-
-    /// Counts a failed attempt and schedules the next one.
-    fn back_off(&self, sched: &mut Sched, now: Instant, error: &Error, elapsed_ms: u64) {
-        self.counters.fetches_failed.fetch_add(1, Ordering::Relaxed);
-        sched.failures = sched.failures.saturating_add(1);
-        let delay = self
-            .policy
-            .backoff_for(sched.failures, error, random_fraction());
-        sched.not_before = Some(later(now, delay));
-        let valid = self
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|cached| now < cached.usable_until);
-        tracing::warn!(
-            error = %error,
-            failures = sched.failures,
-            retry_in_ms = delay.as_millis() as u64,
-            serving_current_token = valid,
-            elapsed_ms,
-            "token refresh failed"
-        );
     }
 
     pub(super) fn set_quiet(&self, sched: &Sched) {

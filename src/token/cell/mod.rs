@@ -11,13 +11,16 @@
 //!   caller that needs a token; every wait honours its deadline.
 //! - [`attempt`]: one attempt: fetching, supervising, installing its token.
 //! - [`rejection`]: a token the server rejected.
-//! - [`header`]: the values the cell hands out.
+//! - [`header`]: the values the cell hands out; [`cached`]: a token with its instants.
+//! - [`fhir_clock`]: the FHIR server's clock, when it is behind the auth server's.
 //! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
 //!   request path). It is started again by the next use, on whatever runtime that use runs on,
 //!   when its task has ended or its runtime is gone.
 //! - [`reader`]: the per-service view the layer reads the token through.
 
 mod attempt;
+mod cached;
+mod fhir_clock;
 mod flight;
 mod header;
 mod reader;
@@ -32,9 +35,11 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use self::cached::{CachedToken, Usable};
 use self::flight::{Reason, Sched};
 pub use self::header::{CellStats, TokenHeader};
 pub(crate) use self::reader::{CellLink, LocalToken, TokenReader};
+pub(crate) use self::rejection::{Rejection, RetryPlan};
 use super::policy::RefreshPolicy;
 use super::{AccessToken, TokenSource};
 use crate::error::Error;
@@ -94,33 +99,6 @@ use crate::store::{StorePolicy, TokenStore};
 #[derive(Clone)]
 pub struct TokenCell {
     shared: Arc<Shared>,
-}
-
-/// A token in the cell, with the instants that govern it.
-struct CachedToken {
-    token: AccessToken,
-    generation: u64,
-    refresh_at: Instant,
-    /// The token is never handed out from this instant on (its expiry less the safety margin).
-    usable_until: Instant,
-    /// The token as services that have no copy of their own hand it out (see [`TokenReader`]).
-    local: LocalToken,
-}
-
-impl CachedToken {
-    #[inline]
-    fn header(&self) -> TokenHeader {
-        TokenHeader {
-            value: self.token.header_value().clone(),
-            generation: self.generation,
-        }
-    }
-
-    /// Usable at `now`, and of a generation after `after`.
-    #[inline]
-    fn usable_at(&self, now: Instant, after: u64) -> bool {
-        self.generation > after && now < self.usable_until
-    }
 }
 
 /// What every handle on one cell shares.
@@ -219,7 +197,13 @@ impl TokenCell {
         let shared = &*self.shared;
         let guard = shared.current.load();
         let now = Instant::now();
-        let cached = guard.as_ref().filter(|cached| now < cached.usable_until)?;
+        let cached = guard.as_ref()?;
+        if now >= cached.usable_until {
+            return None;
+        }
+        if now < cached.valid_from {
+            return cached.previous_at(now).map(cached::Previous::header);
+        }
         let header = cached.header();
         let stale = now >= cached.refresh_at;
         drop(guard);
@@ -244,7 +228,7 @@ impl TokenCell {
     pub async fn token(&self) -> Result<TokenHeader, Error> {
         match self.current() {
             Some(token) => Ok(token),
-            None => self.shared.wait_for(0).await.map(|cached| cached.header()),
+            None => self.shared.wait_for(0).await.map(|usable| usable.header),
         }
     }
 
@@ -257,11 +241,11 @@ impl TokenCell {
     pub async fn access_token(&self) -> Result<AccessToken, Error> {
         // For its side effects: a refresh when one is due.
         let _ = self.current();
-        let cached = match self.shared.usable(Instant::now(), 0) {
-            Some(cached) => cached,
+        let usable = match self.shared.usable(Instant::now(), 0) {
+            Some(usable) => usable,
             None => self.shared.wait_for(0).await?,
         };
-        Ok(cached.token.clone())
+        Ok(usable.token)
     }
 
     /// Fetches the first token if there is none; resolves when a usable token is there. For
@@ -300,7 +284,7 @@ impl TokenCell {
         self.shared
             .wait_for(generation)
             .await
-            .map(|cached| cached.header())
+            .map(|usable| usable.header)
     }
 
     /// Reports that a request with the token of `generation` was accepted after a renewal, so
@@ -357,11 +341,9 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The token, if it is usable at `now` and of a generation after `after`.
-    fn usable(&self, now: Instant, after: u64) -> Option<Arc<CachedToken>> {
-        self.current
-            .load_full()
-            .filter(|cached| cached.usable_at(now, after))
+    /// The token handed out at `now`, if it is of a generation after `after`.
+    fn usable(&self, now: Instant, after: u64) -> Option<Usable> {
+        self.current.load().as_ref()?.usable_at(now, after)
     }
 }
 

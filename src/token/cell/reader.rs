@@ -53,6 +53,7 @@ impl CellLink {
 
 /// A token as [`TokenReader`] hands it out: the header value, its generation, and a link to its
 /// cell.
+#[derive(Clone)]
 pub(crate) struct LocalToken {
     value: HeaderValue,
     generation: u64,
@@ -144,11 +145,13 @@ impl TokenReader {
     #[inline]
     pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<&LocalToken> {
         let now = Instant::now();
-        let cached = self
-            .cache
-            .load()
-            .as_ref()
-            .filter(|cached| now < cached.usable_until)?;
+        let cached = self.cache.load().as_ref()?;
+        if now >= cached.usable_until {
+            return None;
+        }
+        if now < cached.valid_from {
+            return cached.previous_at(now).map(|previous| &previous.local);
+        }
         if now >= cached.refresh_at {
             cell.shared.refresh_soon(now, Reason::Proactive);
         }

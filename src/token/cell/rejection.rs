@@ -1,21 +1,197 @@
-//! A token the server rejected (`401`): dropped once per generation, and renewed after a
-//! backoff when brand-new tokens keep being rejected (the cause is then not expiry).
+//! A `401` from the FHIR server: first judged against the server's clock (a token it does not
+//! take *yet* is waited for, not renewed: see [`super::fhir_clock`]); otherwise the token is
+//! dropped, once per generation, and renewed, after a backoff when brand-new tokens keep being
+//! rejected (the cause is then not expiry).
 
 use std::sync::atomic::Ordering;
 
+use http::HeaderMap;
 use tokio::time::Instant;
 
-use super::Shared;
+use super::fhir_clock::FhirClock;
+use super::{Shared, TokenCell};
 use crate::token::policy::{later, random_fraction};
 use crate::token::shared_fetch;
 
+/// What a `401` to a request with the cell's token means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The FHIR server's clock had not reached the token's start: send the request again with
+    /// the same token at `until`, when its clock surely has.
+    NotYetValid {
+        /// When to replay.
+        until: Instant,
+    },
+    /// A real rejection: renew the token.
+    Renew,
+}
+
+impl TokenCell {
+    /// Judges a `401` to a request that carried the token of `generation`, from the response's
+    /// headers (their `Date` is a reading of the FHIR server's clock, which the cell keeps).
+    /// `may_wait` is false for a request that already waited once. All `401`s for one token
+    /// that wait, wait for the same instant.
+    pub(crate) fn judge_401(
+        &self,
+        generation: u64,
+        headers: &HeaderMap,
+        may_wait: bool,
+    ) -> Rejection {
+        let now = Instant::now();
+        let Some(reading) = FhirClock::read(headers, now) else {
+            return Rejection::Renew;
+        };
+        let shared = &*self.shared;
+        let mut sched = shared.lock();
+        sched.fhir_clock = Some(reading);
+        let wait = shared.policy.fhir_clock_wait;
+        let Some(start) = shared.start_of(generation) else {
+            return Rejection::Renew;
+        };
+        // Waiting needs tokio's timer, where the request runs.
+        let timers = tokio::runtime::Handle::try_current().is_ok();
+        if !may_wait || !timers || wait.is_zero() || reading.date() >= start {
+            // Its clock had passed the token's start: the token itself was refused.
+            return Rejection::Renew;
+        }
+        let until = match sched.clock_wait {
+            Some((waiting, at)) if waiting == generation => at.min(reading.surely_reaches(start)),
+            _ => reading.surely_reaches(start),
+        };
+        let needed = until.saturating_duration_since(now);
+        if needed > wait {
+            tracing::warn!(
+                generation,
+                needed_ms = needed.as_millis() as u64,
+                "the FHIR server refused a token its clock has not reached yet, and would take \
+                 it later than the longest wait: renewing"
+            );
+            return Rejection::Renew;
+        }
+        if sched
+            .clock_wait
+            .is_none_or(|(waiting, _)| waiting != generation)
+        {
+            tracing::info!(
+                generation,
+                behind_s = start.saturating_sub(reading.date()),
+                wait_ms = needed.as_millis() as u64,
+                "the FHIR server's clock is behind the auth server's: waiting until it takes \
+                 the token, then sending the request again with it"
+            );
+        }
+        sched.clock_wait = Some((generation, until));
+        Rejection::NotYetValid { until }
+    }
+}
+
+/// The replays one request gets after `401`s: per token, at most one wait for the FHIR server's
+/// clock (then the same token again), and at most one renewal. A request is sent at most four
+/// times: with its token, after the wait, with the renewed token, after a wait for that one.
+#[derive(Debug)]
+pub(crate) struct RetryPlan {
+    generation: u64,
+    waited: bool,
+    renewed: bool,
+}
+
+impl RetryPlan {
+    /// For a request sent with the token of `generation`.
+    pub(crate) fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            waited: false,
+            renewed: false,
+        }
+    }
+
+    /// The generation of the token the request was last sent with.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Judges a `401` to the request's last send (see [`TokenCell::judge_401`]).
+    pub(crate) fn judge(&self, cell: &TokenCell, headers: &HeaderMap) -> Rejection {
+        cell.judge_401(self.generation, headers, !self.waited)
+    }
+
+    /// The token to send the request again with after a `401` judged `verdict`: the same one
+    /// once the FHIR server's clock has reached it, or a renewed one; `None` when the request
+    /// has had its replays (return the `401`).
+    ///
+    /// # Errors
+    ///
+    /// When the token cannot be renewed.
+    pub(crate) async fn next(
+        &mut self,
+        cell: &TokenCell,
+        verdict: Rejection,
+    ) -> Result<Option<super::TokenHeader>, crate::Error> {
+        if let Rejection::NotYetValid { until } = verdict
+            && !self.waited
+            && let Some(token) = cell.header_of(self.generation)
+        {
+            self.waited = true;
+            tokio::time::sleep_until(until).await;
+            return Ok(Some(token));
+        }
+        if std::mem::replace(&mut self.renewed, true) {
+            return Ok(None);
+        }
+        let token = cell.renewed(self.generation).await?;
+        self.generation = token.generation();
+        self.waited = false;
+        Ok(Some(token))
+    }
+}
+
+impl TokenCell {
+    /// The token of `generation` while it is handed out (current, or previous while its
+    /// successor waits for the FHIR server's clock).
+    pub(crate) fn header_of(&self, generation: u64) -> Option<super::TokenHeader> {
+        let now = Instant::now();
+        let guard = self.shared.current.load();
+        let cached = guard.as_ref()?;
+        if cached.generation == generation && cached.serves_at(now) {
+            return Some(cached.header());
+        }
+        cached
+            .previous_at(now)
+            .filter(|previous| previous.generation == generation)
+            .map(super::cached::Previous::header)
+    }
+}
+
 impl Shared {
+    /// The start (issuer's epoch seconds) of the token of `generation`, current or previous.
+    fn start_of(&self, generation: u64) -> Option<u64> {
+        let guard = self.current.load();
+        let cached = guard.as_ref()?;
+        if cached.generation == generation {
+            return cached.token.not_before_secs();
+        }
+        cached
+            .previous
+            .as_ref()
+            .filter(|previous| previous.generation == generation)
+            .and_then(|previous| previous.token.not_before_secs())
+    }
+
     /// Drops the current token if it is of `generation`. Schedules a backoff when young tokens
     /// keep being rejected.
     pub(super) fn drop_rejected(&self, now: Instant, generation: u64) -> bool {
         let mut sched = self.lock();
         let guard = self.current.load();
-        let Some(cached) = guard.as_ref().filter(|c| c.generation == generation) else {
+        // The token serving while its successor waits for the FHIR server's clock is rejected:
+        // the successor was fetched before the rejection and may be refused as well (a
+        // revocation of all tokens): both go, and a new one is fetched.
+        let Some(cached) = guard.as_ref().filter(|cached| {
+            cached.generation == generation
+                || cached
+                    .previous
+                    .as_ref()
+                    .is_some_and(|previous| previous.generation == generation)
+        }) else {
             return false;
         };
         let age = now.saturating_duration_since(cached.token.received_at());

@@ -1,0 +1,107 @@
+//! A token in the cell, with the instants that govern it, and what the cell hands out at a given
+//! instant: the token from the moment the FHIR server takes it until its usable-until instant;
+//! before that moment, the token it replaces, while that one is still usable.
+
+use tokio::time::Instant;
+
+use super::{LocalToken, TokenHeader};
+use crate::token::AccessToken;
+
+/// A token in the cell.
+pub(super) struct CachedToken {
+    pub(super) token: AccessToken,
+    pub(super) generation: u64,
+    pub(super) refresh_at: Instant,
+    /// The token is never handed out from this instant on (its expiry less the safety margin).
+    pub(super) usable_until: Instant,
+    /// The token is handed out from this instant on: when it arrived, or, when the FHIR
+    /// server's clock is known to be behind the issuer's, when that server will take it.
+    pub(super) valid_from: Instant,
+    /// The token this one replaced, handed out until `valid_from` while it is usable.
+    pub(super) previous: Option<Previous>,
+    /// The token as services that have no copy of their own hand it out (see
+    /// [`TokenReader`](super::TokenReader)).
+    pub(super) local: LocalToken,
+}
+
+/// The token a new one replaced, while the FHIR server does not take the new one yet.
+pub(super) struct Previous {
+    pub(super) token: AccessToken,
+    pub(super) generation: u64,
+    pub(super) usable_until: Instant,
+    pub(super) local: LocalToken,
+}
+
+/// A token handed out by the slow path: the header, and the token itself.
+pub(super) struct Usable {
+    pub(super) header: TokenHeader,
+    pub(super) token: AccessToken,
+}
+
+impl CachedToken {
+    #[inline]
+    pub(super) fn header(&self) -> TokenHeader {
+        TokenHeader {
+            value: self.token.header_value().clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// The previous token, if it serves at `now` (before `valid_from`).
+    #[cold]
+    pub(super) fn previous_at(&self, now: Instant) -> Option<&Previous> {
+        self.previous
+            .as_ref()
+            .filter(|previous| now < previous.usable_until)
+    }
+
+    /// What is handed out at `now` to a caller who needs a generation after `after`.
+    pub(super) fn usable_at(&self, now: Instant, after: u64) -> Option<Usable> {
+        if now < self.valid_from {
+            return self
+                .previous_at(now)
+                .filter(|previous| previous.generation > after)
+                .map(|previous| Usable {
+                    header: previous.header(),
+                    token: previous.token.clone(),
+                });
+        }
+        (self.generation > after && now < self.usable_until).then(|| Usable {
+            header: self.header(),
+            token: self.token.clone(),
+        })
+    }
+
+    /// Whether the token (not a previous one) is handed out at `now`.
+    pub(super) fn serves_at(&self, now: Instant) -> bool {
+        self.valid_from <= now && now < self.usable_until
+    }
+
+    /// What a successor installed at `now` keeps as its previous token: this token if it
+    /// serves, else the previous one if that does.
+    pub(super) fn previous_for_successor(&self, now: Instant) -> Option<Previous> {
+        if self.serves_at(now) {
+            return Some(Previous {
+                token: self.token.clone(),
+                generation: self.generation,
+                usable_until: self.usable_until,
+                local: self.local.clone(),
+            });
+        }
+        self.previous_at(now).map(|previous| Previous {
+            token: previous.token.clone(),
+            generation: previous.generation,
+            usable_until: previous.usable_until,
+            local: previous.local.clone(),
+        })
+    }
+}
+
+impl Previous {
+    pub(super) fn header(&self) -> TokenHeader {
+        TokenHeader {
+            value: self.token.header_value().clone(),
+            generation: self.generation,
+        }
+    }
+}

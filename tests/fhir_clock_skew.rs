@@ -1,0 +1,526 @@
+//! A FHIR server whose clock is behind (or ahead of) the auth server's. Koppeltaal's HAPI server
+//! allows no leeway on a token's `iat`, so while its clock is behind it refuses every brand-new
+//! token with a plain `401`. The layer must turn that into short waits, never failed requests or
+//! a renewal storm.
+//!
+//! The matrix runs on tokio's paused clock, against a FHIR service in the test that validates
+//! like HAPI (a `Date` from its own clock, `iat` with no leeway, `exp` with 60 s): offsets 0, 1,
+//! 2 and 5 s behind and 2 s ahead, 300 s and 10 s tokens, 16 workers for three lifetimes with
+//! revocations in between. Then the same against `MockKoppeltaal` in real time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use koppeltaal_auth::token::BoxFuture;
+use koppeltaal_auth::{
+    AccessToken, Error, KoppeltaalAuthLayer, RefreshPolicy, TokenCell, TokenSource,
+};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+const BASE: &str = "http://127.0.0.1/fhir";
+
+/// An auth server and a FHIR server sharing tokens, each with its own clock, both following
+/// tokio's (paused) clock: the auth server's is the local one, the FHIR server's is shifted by
+/// `offset_ms`.
+struct Servers {
+    anchor: (SystemTime, Instant),
+    offset_ms: i64,
+    /// Token -> (iat, exp), epoch seconds by the auth server's clock.
+    issued: Mutex<HashMap<String, (u64, u64)>>,
+    revoked: Mutex<HashSet<String>>,
+    fetches: AtomicU64,
+    requests: AtomicU64,
+    refused: AtomicU64,
+    /// When set, every request is refused with a `Date` a second before the token's `iat`.
+    always_young: bool,
+    lifetime: Duration,
+}
+
+impl Servers {
+    /// The auth server's clock starts at `phase_ms` into a whole second (where the `Date`
+    /// resolution falls matters, and the test must not depend on the real clock's).
+    fn new(offset_ms: i64, lifetime: Duration, phase_ms: u64) -> Arc<Self> {
+        let start = UNIX_EPOCH + secs(1_800_000_000) + Duration::from_millis(phase_ms);
+        Arc::new(Self {
+            anchor: (start, Instant::now()),
+            offset_ms,
+            issued: Mutex::default(),
+            revoked: Mutex::default(),
+            fetches: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            always_young: false,
+            lifetime,
+        })
+    }
+
+    fn auth_now(&self) -> SystemTime {
+        self.anchor.0 + (Instant::now() - self.anchor.1)
+    }
+
+    fn fhir_now(&self) -> SystemTime {
+        let offset = Duration::from_millis(self.offset_ms.unsigned_abs());
+        if self.offset_ms >= 0 {
+            self.auth_now() + offset
+        } else {
+            self.auth_now() - offset
+        }
+    }
+
+    fn revoke_all(&self) {
+        let issued = self.issued.lock().unwrap();
+        self.revoked.lock().unwrap().extend(issued.keys().cloned());
+    }
+
+    /// HAPI's check: a known, unrevoked token, `iat` reached by its clock (truncated to whole
+    /// seconds, no leeway), `exp` not 60 s past.
+    fn answer(&self, request: &Request<Full<Bytes>>) -> Response<Full<Bytes>> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let now = self.fhir_now();
+        let seconds = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let token = request
+            .headers()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let claims = self.issued.lock().unwrap().get(token).copied();
+        let (status, date) = match claims {
+            Some((iat, _)) if self.always_young => {
+                (StatusCode::UNAUTHORIZED, UNIX_EPOCH + secs(iat - 1))
+            }
+            Some((iat, exp))
+                if seconds >= iat
+                    && seconds < exp + 60
+                    && !self.revoked.lock().unwrap().contains(token) =>
+            {
+                (StatusCode::OK, now)
+            }
+            _ => (StatusCode::UNAUTHORIZED, now),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        Response::builder()
+            .status(status)
+            .header("date", httpdate::fmt_http_date(date))
+            .body(Full::default())
+            .unwrap()
+    }
+}
+
+/// The auth server's token endpoint: opaque tokens, `not_before` from its clock (as
+/// `ClientCredentials` takes it from the response's `Date`).
+struct Issuing(Arc<Servers>);
+
+impl TokenSource for Issuing {
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+        Box::pin(async move {
+            let servers = &self.0;
+            let n = servers.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            let token = format!("token-{n}");
+            let issued = servers.auth_now();
+            let iat = issued.duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let exp = iat + servers.lifetime.as_secs();
+            servers
+                .issued
+                .lock()
+                .unwrap()
+                .insert(token.clone(), (iat, exp));
+            Ok(AccessToken::new(&token, servers.lifetime, Instant::now())?
+                .with_not_before(Some(issued)))
+        })
+    }
+}
+
+fn fhir_request() -> Request<Full<Bytes>> {
+    Request::get(format!("{BASE}/Patient/1"))
+        .body(Full::default())
+        .unwrap()
+}
+
+/// What a run saw.
+#[derive(Debug)]
+struct Run {
+    requests: u64,
+    failed: u64,
+    longest: Duration,
+    fetches: u64,
+}
+
+/// 16 workers, one request every 500 ms each, for `lifetimes` token lifetimes; all tokens
+/// revoked at each instant of `revocations` (offsets from the start).
+async fn run(
+    (offset_ms, phase_ms): (i64, u64),
+    lifetime: Duration,
+    lifetimes: u32,
+    revocations: &[Duration],
+) -> Run {
+    let servers = Servers::new(offset_ms, lifetime, phase_ms);
+    run_against(servers, policy(), lifetimes, revocations).await
+}
+
+fn policy() -> RefreshPolicy {
+    RefreshPolicy::default().refresh_jitter(0.0)
+}
+
+/// The layer over the in-test FHIR server, with a cell on `servers`' token endpoint.
+fn client(
+    servers: &Arc<Servers>,
+    policy: RefreshPolicy,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = koppeltaal_auth::BoxError,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    layered(
+        servers,
+        TokenCell::new(Issuing(Arc::clone(servers)), policy),
+    )
+}
+
+/// The layer with `cell` over the in-test FHIR server.
+fn layered(
+    servers: &Arc<Servers>,
+    cell: TokenCell,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = koppeltaal_auth::BoxError,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let layer = KoppeltaalAuthLayer::new(cell, BASE).unwrap();
+    let fhir = {
+        let servers = Arc::clone(servers);
+        tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let response = servers.answer(&request);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    layer.layer(fhir)
+}
+
+async fn run_against(
+    servers: Arc<Servers>,
+    policy: RefreshPolicy,
+    lifetimes: u32,
+    revocations: &[Duration],
+) -> Run {
+    let lifetime = servers.lifetime;
+    let client = client(&servers, policy);
+    let start = Instant::now();
+    let end = start + lifetime * lifetimes;
+    let revoker = {
+        let servers = Arc::clone(&servers);
+        let revocations = revocations.to_vec();
+        tokio::spawn(async move {
+            for at in revocations {
+                tokio::time::sleep_until(start + at).await;
+                servers.revoke_all();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..16)
+        .map(|worker| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                // Spread the workers over the first half second.
+                tokio::time::sleep(Duration::from_millis(31 * worker)).await;
+                let (mut requests, mut failed, mut longest) = (0, 0, Duration::ZERO);
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let response = client.clone().oneshot(fhir_request()).await;
+                    longest = longest.max(Instant::now() - sent);
+                    requests += 1;
+                    if response.map_or(true, |response| response.status() != StatusCode::OK) {
+                        failed += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                (requests, failed, longest)
+            })
+        })
+        .collect();
+    let mut result = Run {
+        requests: 0,
+        failed: 0,
+        longest: Duration::ZERO,
+        fetches: 0,
+    };
+    for worker in workers {
+        let (requests, failed, longest) = worker.await.unwrap();
+        result.requests += requests;
+        result.failed += failed;
+        result.longest = result.longest.max(longest);
+    }
+    revoker.await.unwrap();
+    result.fetches = servers.fetches.load(Ordering::SeqCst);
+    result
+}
+
+async fn matrix(lifetime: Duration) {
+    let revocations = [lifetime + lifetime / 3, lifetime * 2 + lifetime / 2];
+    for phase_ms in [0, 300, 700, 999] {
+        let baseline = run((0, phase_ms), lifetime, 3, &revocations).await;
+        assert_eq!(baseline.failed, 0, "{baseline:?}");
+        // Without skew: the first token, one per refresh point, one per revocation.
+        assert!(
+            baseline.fetches <= 3 * 2 + revocations.len() as u64,
+            "{baseline:?}"
+        );
+        for offset_ms in [-1_000, -2_000, -5_000, 2_000] {
+            let case = format!("{offset_ms} ms, phase {phase_ms} ms");
+            let run = run((offset_ms, phase_ms), lifetime, 3, &revocations).await;
+            let behind = Duration::from_millis(offset_ms.min(0).unsigned_abs());
+            assert_eq!(run.failed, 0, "{case}: {run:?}");
+            assert!(
+                run.longest <= behind + secs(1),
+                "{case}: a request waited {:?}",
+                run.longest
+            );
+            assert!(
+                run.fetches <= baseline.fetches + 1,
+                "{case}: {} token requests, {} without skew",
+                run.fetches,
+                baseline.fetches
+            );
+            // Every worker kept going: many requests per lifetime each.
+            assert!(run.requests >= 16 * 3 * 5, "{case}: {run:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skewed_fhir_clock_fails_no_request_with_300_s_tokens() {
+    matrix(secs(300)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_skewed_fhir_clock_fails_no_request_with_10_s_tokens() {
+    matrix(secs(10)).await;
+}
+
+/// The reproduction: without the wait for the FHIR server's clock (turned off), a FHIR server
+/// one second behind fails requests: every new token is refused, renewed into another refused
+/// one, and the young-token backoff then holds callers up until they time out.
+#[tokio::test(start_paused = true)]
+async fn without_the_wait_a_fhir_clock_one_second_behind_fails_requests() {
+    let servers = Servers::new(-1_000, secs(10), 500);
+    let run = run_against(
+        servers,
+        policy().fhir_clock_wait(Duration::ZERO),
+        3,
+        &[secs(14)],
+    )
+    .await;
+    assert!(run.failed > 0, "{run:?}");
+}
+
+/// 100 requests at once with a brand-new token that the FHIR server (2 s behind) refuses: one
+/// shared wait, every request sent exactly twice, no renewal.
+#[tokio::test(start_paused = true)]
+async fn concurrent_refusals_of_a_young_token_share_one_wait_and_renew_nothing() {
+    let servers = Servers::new(-2_000, secs(300), 250);
+    let client = client(&servers, policy());
+    let started = Instant::now();
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let response = client.oneshot(fhir_request()).await.unwrap();
+                (response.status(), Instant::now())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for request in requests {
+        let (status, at) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        done.push(at);
+    }
+    assert!(done.iter().all(|at| *at == done[0]), "one wait for all");
+    assert!(done[0] - started <= secs(3), "{:?}", done[0] - started);
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 1, "no renewal");
+    assert_eq!(servers.requests.load(Ordering::SeqCst), 200);
+    assert_eq!(servers.refused.load(Ordering::SeqCst), 100);
+}
+
+/// A token really revoked while it is young (before the FHIR server's clock, 2 s behind, has
+/// reached it): the bounded wait, the replay refused, then one renewal.
+#[tokio::test(start_paused = true)]
+async fn a_young_token_really_revoked_is_renewed_after_the_wait() {
+    let servers = Servers::new(-2_000, secs(300), 0);
+    let cell = TokenCell::new(Issuing(Arc::clone(&servers)), policy());
+    let client = layered(&servers, cell.clone());
+    cell.ready().await.unwrap();
+    servers.revoke_all();
+    let started = Instant::now();
+    let response = client.oneshot(fhir_request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 2, "one renewal");
+    assert!(
+        Instant::now() - started <= secs(6),
+        "{:?}",
+        Instant::now() - started
+    );
+    let sent = servers.requests.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&sent), "sent {sent} times");
+    assert_eq!(cell.stats().invalidations, 1);
+}
+
+/// A FHIR server that refuses every token as not valid yet, whatever the wait: each request is
+/// sent at most four times (its token, after the wait, renewed, after a wait for that one).
+#[tokio::test(start_paused = true)]
+async fn a_fhir_server_always_refusing_sees_each_request_at_most_four_times() {
+    let mut servers = Servers::new(-2_000, secs(300), 0);
+    Arc::get_mut(&mut servers).unwrap().always_young = true;
+    let client = client(&servers, policy());
+    for round in 1..=5u64 {
+        let before = servers.requests.load(Ordering::SeqCst);
+        let response = client.clone().oneshot(fhir_request()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let sent = servers.requests.load(Ordering::SeqCst) - before;
+        assert!(sent <= 4, "round {round}: sent {sent} times");
+    }
+    assert!(servers.fetches.load(Ordering::SeqCst) <= 6);
+}
+
+/// Against `MockKoppeltaal` in real time (its clocks are the wall clock): a FHIR endpoint 2 s
+/// behind its auth server, 4 s tokens, 16 workers through hyper-util's client for three
+/// lifetimes with a revocation in between. No request fails, none waits much longer than the
+/// offset, and token requests stay what they are without skew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mock_koppeltaal_2_s_behind_no_request_fails() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use koppeltaal_auth::KoppeltaalAuth;
+    use koppeltaal_auth::testing::MockKoppeltaal;
+
+    let lifetime = secs(4);
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(lifetime)
+        .fhir_clock_offset_secs(-2)
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(support::CLIENT_ID, &support::rsa_key());
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(support::CLIENT_ID)
+        .signing_key(support::rsa_key())
+        .token_endpoint(mock.token_endpoint())
+        .build()
+        .unwrap();
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = auth.layer().layer(http);
+    let url = format!("{}/Patient/1", mock.fhir_base_url());
+    let start = std::time::Instant::now();
+    let run = lifetime * 3;
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let (mut failed, mut longest) = (0, Duration::ZERO);
+                while start.elapsed() < run {
+                    let sent = std::time::Instant::now();
+                    let request = Request::get(&url).body(Full::default()).unwrap();
+                    let ok = client
+                        .clone()
+                        .oneshot(request)
+                        .await
+                        .is_ok_and(|response| response.status() == StatusCode::OK);
+                    longest = longest.max(sent.elapsed());
+                    failed += u64::from(!ok);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (failed, longest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(lifetime + lifetime / 2).await;
+    mock.revoke_all_tokens();
+    let (mut failed, mut longest) = (0, Duration::ZERO);
+    for worker in workers {
+        let (f, l) = worker.await.unwrap();
+        failed += f;
+        longest = longest.max(l);
+    }
+    assert_eq!(failed, 0);
+    // 2 s behind plus the `Date` resolution, plus real-time slack for a loaded machine.
+    assert!(
+        longest <= Duration::from_millis(3_500),
+        "a request waited {longest:?}"
+    );
+    // 4 s tokens refresh 1.6-2 s apart: over 12 s at most 8 refreshes, the first token, one
+    // renewal for the revocation.
+    let issued = mock.stats().tokens_issued;
+    assert!(issued <= 10, "{issued} tokens");
+}
+
+/// The same through the reqwest middleware, fewer workers.
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reqwest_middleware_waits_for_a_fhir_clock_behind_too() {
+    use koppeltaal_auth::KoppeltaalAuth;
+    use koppeltaal_auth::testing::MockKoppeltaal;
+
+    let mock = MockKoppeltaal::builder()
+        .token_lifetime(secs(300))
+        .fhir_clock_offset_secs(-1)
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(support::CLIENT_ID, &support::rsa_key());
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(support::CLIENT_ID)
+        .signing_key(support::rsa_key())
+        .token_endpoint(mock.token_endpoint())
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(auth.middleware())
+        .build();
+    let url = format!("{}/Patient/1", mock.fhir_base_url());
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let stats = mock.stats();
+    assert_eq!(
+        stats.tokens_issued, 1,
+        "no renewal for a token not valid yet"
+    );
+    assert!(stats.fhir_unauthorized <= 20, "{stats:?}");
+    // Revoked: renewed, and the new token (not valid yet either) waited for.
+    mock.revoke_all_tokens();
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(mock.stats().tokens_issued, 2);
+}
