@@ -60,11 +60,15 @@ impl TokenCell {
         };
         let needed = until.saturating_duration_since(now);
         if needed > wait {
+            if std::mem::replace(&mut sched.lag_reported, true) {
+                return Rejection::Renew;
+            }
             tracing::warn!(
                 generation,
                 needed_ms = needed.as_millis() as u64,
                 "the FHIR server refused a token its clock has not reached yet, and would take \
-                 it later than the longest wait: renewing"
+                 it later than the longest wait: renewing (check the servers' clocks; reported \
+                 once)"
             );
             return Rejection::Renew;
         }
