@@ -113,10 +113,12 @@ impl Authenticator {
     }
 
     /// Whether a request to `url` would carry the token: same scheme, host and port as the FHIR
-    /// base, and a path under it.
+    /// base, and a path under it as servers resolve it (no backslash, no encoded slash or
+    /// backslash, no dot segment in any spelling after the base). The same decision as the
+    /// layer's and the middleware's, whichever of them sends the request.
     #[must_use]
     pub fn covers(&self, url: &str) -> bool {
-        Url::parse(url).is_ok_and(|url| self.shared.scope.matches_url(&url))
+        self.shared.scope.matches_text(url)
     }
 }
 

@@ -73,8 +73,22 @@ impl FhirScope {
             && self.path_matches(uri.path())
     }
 
+    /// Whether a request for `text`, a URL as a caller writes it, may carry the token: the one
+    /// decision for [`Authenticator::covers`](crate::Authenticator::covers) and the CLI. Both
+    /// spellings a client may send must pass: the URI as written (what the tower layer sees and
+    /// hyper sends), and the URL as a WHATWG parser normalises it (what reqwest sends).
+    pub(crate) fn matches_text(&self, text: &str) -> bool {
+        text.parse::<http::Uri>()
+            .is_ok_and(|uri| self.matches_uri(&uri))
+            && Url::parse(text).is_ok_and(|url| self.matches_url(&url))
+    }
+
     /// Whether a request to `url` may carry the token.
     pub(crate) fn matches_url(&self, url: &Url) -> bool {
+        // User info matches none of ours, as for a URI.
+        if !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
         let Some(host) = url.host_str() else {
             return false;
         };
@@ -93,6 +107,12 @@ impl FhirScope {
         port == Some(self.port) && self.path_matches(path)
     }
 
+    /// Whether a request path is under the base *as a server would resolve it*: it starts with
+    /// the base path at a segment boundary, and the rest has nothing a server could resolve out
+    /// of the base. Refused after the base: a backslash (WHATWG parsers and some servers read it
+    /// as `/`), an encoded slash or backslash (`%2f`, `%5c`: decoded by some), and a dot segment
+    /// in any spelling (`.`, `..`, percent-encoded, or with `;` parameters, which Tomcat and
+    /// Jetty strip: `..;x=1` is `..` to them).
     #[inline]
     fn path_matches(&self, path: &str) -> bool {
         let (path, prefix) = (path.as_bytes(), self.path.as_bytes());
@@ -105,18 +125,17 @@ impl FhirScope {
         if !(rest.is_empty() || rest[0] == b'/') {
             return false;
         }
-        // "/fhir/DEFAULT/../admin" starts with the base but is not under it once normalised. A
-        // dot segment needs a '.' or a '%': most paths are done after one byte scan. Only the
-        // part after the base is scanned: the base itself went through the URL parser, which
-        // removes dot segments, and `rest` starts at a segment boundary.
-        !may_have_dot_segment(rest) || !rest.split(|&byte| byte == b'/').any(is_dot_segment)
+        // Anything to refuse needs a '.', a '%' or a '\': most paths are done after one byte
+        // scan. Only the part after the base is scanned: the base itself went through the URL
+        // parser, which removes dot segments, and `rest` starts at a segment boundary.
+        !may_escape(rest) || rest.split(|&byte| byte == b'/').all(is_plain_segment)
     }
 }
 
-/// Whether `path` has a `.` or a `%` at all, eight bytes at a time (paths are short; this beats
-/// a SIMD search's set-up cost).
+/// Whether `path` has a `.`, a `%` or a `\` at all, eight bytes at a time (paths are short; this
+/// beats a SIMD search's set-up cost).
 #[inline]
-fn may_have_dot_segment(path: &[u8]) -> bool {
+fn may_escape(path: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // The classic "has a zero byte" test on `word ^ needle`.
@@ -125,14 +144,14 @@ fn may_have_dot_segment(path: &[u8]) -> bool {
         x.wrapping_sub(ONES) & !x & HIGHS != 0
     };
     let Some(last) = path.len().checked_sub(8) else {
-        return path.iter().any(|&b| b == b'.' || b == b'%');
+        return path.iter().any(|&b| matches!(b, b'.' | b'%' | b'\\'));
     };
     // Whole words, the last one overlapping the one before: a search, so bytes seen twice are
     // harmless.
     let mut at = 0;
     loop {
         let word = word_at(path, at.min(last));
-        if has(word, b'.') || has(word, b'%') {
+        if has(word, b'.') || has(word, b'%') || has(word, b'\\') {
             return true;
         }
         if at >= last {
@@ -173,8 +192,34 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...). Checked on
-/// every request, so without allocating.
+/// Whether a path segment after the base is one no server resolves out of the base: no
+/// backslash, no encoded slash or backslash, and not a dot segment (see
+/// [`FhirScope::path_matches`]). Checked on every request that has a `.`, `%` or `\`, so
+/// without allocating.
+fn is_plain_segment(segment: &[u8]) -> bool {
+    if segment.contains(&b'\\') || has_encoded_separator(segment) {
+        return false;
+    }
+    // Path parameters (`;x=1`) are stripped before servers resolve dot segments.
+    let name = segment
+        .split(|&byte| byte == b';')
+        .next()
+        .unwrap_or(segment);
+    !is_dot_segment(name)
+}
+
+/// `%2f`, `%2F`, `%5c` or `%5C` in `segment`.
+fn has_encoded_separator(segment: &[u8]) -> bool {
+    segment.windows(3).any(|window| {
+        window[0] == b'%'
+            && matches!(
+                (window[1], window[2]),
+                (b'2', b'f' | b'F') | (b'5', b'c' | b'C')
+            )
+    })
+}
+
+/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...).
 fn is_dot_segment(bytes: &[u8]) -> bool {
     let mut dots = 0;
     let mut i = 0;
@@ -235,6 +280,12 @@ mod tests {
             "https://user@fhir.example.org/fhir/DEFAULT/Patient",
             "https://fhir.example.org:80/fhir/DEFAULT/Patient",
             "https://fhir.example.org/fhir/DEFAULT/./Patient",
+            "https://fhir.example.org/fhir/DEFAULT/..;/OTHER",
+            "https://fhir.example.org/fhir/DEFAULT/..;x=1/OTHER",
+            "https://fhir.example.org/fhir/DEFAULT/.%2e;/OTHER",
+            "https://fhir.example.org/fhir/DEFAULT/..%2fOTHER",
+            "https://fhir.example.org/fhir/DEFAULT/..%5COTHER",
+            "https://fhir.example.org/fhir/DEFAULT/%2F",
             "/fhir/DEFAULT/Patient",
         ] {
             assert!(!s.matches_uri(&uri(no)), "{no}");
@@ -251,21 +302,35 @@ mod tests {
     }
 
     #[test]
+    fn a_backslash_after_the_base_gets_no_token() {
+        let s = scope("https://fhir.example.org/fhir/DEFAULT");
+        // `http` keeps a backslash as a plain byte; WHATWG parsers (reqwest) read it as `/`.
+        let sneaky: http::Uri = "https://fhir.example.org/fhir/DEFAULT/..\\OTHER/Patient"
+            .parse()
+            .unwrap();
+        assert!(!s.matches_uri(&sneaky));
+        assert!(!s.matches_text("https://fhir.example.org/fhir/DEFAULT/..\\OTHER/Patient"));
+        assert!(!s.matches_text("https://fhir.example.org/fhir/DEFAULT/a\\b"));
+        // Path parameters on an ordinary segment are fine.
+        assert!(s.matches_text("https://fhir.example.org/fhir/DEFAULT/Patient;x=1"));
+    }
+
+    #[test]
     fn the_quick_scan_finds_dots_and_percents_anywhere() {
         for len in 0..40 {
             let clean = "a".repeat(len);
-            assert!(!may_have_dot_segment(clean.as_bytes()));
+            assert!(!may_escape(clean.as_bytes()));
             for at in 0..len {
-                for c in ['.', '%'] {
+                for c in ['.', '%', '\\'] {
                     let mut dirty = clean.clone().into_bytes();
                     dirty[at] = c as u8;
-                    assert!(may_have_dot_segment(&dirty), "{len} {at} {c}");
+                    assert!(may_escape(&dirty), "{len} {at} {c}");
                 }
             }
         }
-        assert!(!may_have_dot_segment(b"/fhir/DEFAULT/Patient/123"));
+        assert!(!may_escape(b"/fhir/DEFAULT/Patient/123"));
         // Bytes that differ from '.' and '%' by the high bit or borrow tricks are not found.
-        assert!(!may_have_dot_segment(&[
+        assert!(!may_escape(&[
             0xae,
             0xa5,
             0x2f,
