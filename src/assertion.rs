@@ -94,14 +94,20 @@ impl ClientAssertion {
 
     /// Sets how far in the future `exp` lies. Defaults to 60 seconds.
     ///
+    /// `exp - iat`, the lifetime plus the `iat` back-dating, is at most 300 seconds
+    /// ([`MAX_ASSERTION_LIFETIME`]): a server clock behind ours by up to the back-dating must
+    /// still see `exp` at most five minutes ahead. With the default back-dating of 5 s the longest
+    /// lifetime is 295 s; set the back-dating first to use another.
+    ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] for zero or more than 300 seconds ([`MAX_ASSERTION_LIFETIME`]), or
-    /// less than a whole second.
+    /// [`ErrorKind::Config`] for less than a whole second, or for a lifetime that with the
+    /// back-dating exceeds 300 seconds.
     pub fn with_lifetime(mut self, lifetime: Duration) -> Result<Self, Error> {
-        if lifetime > MAX_ASSERTION_LIFETIME {
+        if lifetime.saturating_add(self.backdate) > MAX_ASSERTION_LIFETIME {
             return Err(Error::config(
-                "assertion lifetime must not exceed 300 seconds (SMART Backend Services)",
+                "assertion lifetime plus the iat back-dating must not exceed 300 seconds (SMART \
+                 Backend Services: exp at most five minutes after the server's now)",
             ));
         }
         if lifetime < Duration::from_secs(1) {
@@ -118,10 +124,16 @@ impl ClientAssertion {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] for more than 60 seconds.
+    /// [`ErrorKind::Config`] for more than 60 seconds, or when with the lifetime it exceeds
+    /// 300 seconds (see [`with_lifetime`](Self::with_lifetime)).
     pub fn with_iat_backdate(mut self, backdate: Duration) -> Result<Self, Error> {
         if backdate > Duration::from_secs(60) {
             return Err(Error::config("iat back-dating must not exceed 60 seconds"));
+        }
+        if self.lifetime.saturating_add(backdate) > MAX_ASSERTION_LIFETIME {
+            return Err(Error::config(
+                "assertion lifetime plus the iat back-dating must not exceed 300 seconds",
+            ));
         }
         self.backdate = backdate;
         Ok(self)
@@ -307,10 +319,24 @@ mod tests {
                 .with_iat_backdate(Duration::from_secs(61))
                 .is_err()
         );
+        // Lifetime and back-dating together at most 300 s, in either order.
+        assert!(
+            base.clone()
+                .with_lifetime(Duration::from_secs(300))
+                .is_err()
+        );
+        assert!(
+            base.clone()
+                .with_lifetime(Duration::from_secs(290))
+                .unwrap()
+                .with_iat_backdate(Duration::from_secs(11))
+                .is_err()
+        );
+        assert!(base.clone().with_lifetime(Duration::from_secs(295)).is_ok());
         let custom = base
-            .with_lifetime(Duration::from_secs(300))
-            .unwrap()
             .with_iat_backdate(Duration::ZERO)
+            .unwrap()
+            .with_lifetime(Duration::from_secs(300))
             .unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let jwt = custom.sign_at(&ec_key(), now, "j").unwrap();

@@ -2,8 +2,8 @@
 //!
 //! The Koppeltaal reference auth server checks `iat` and `exp` with zero leeway, so a client clock
 //! a few seconds off breaks authentication. `iat` is back-dated by 5 s for small errors; larger
-//! ones are measured from the `Date` header of token-endpoint and discovery responses and
-//! corrected in the next assertion.
+//! ones, up to 5 minutes, are measured from the `Date` header of token-endpoint responses (never
+//! from the FHIR server's) and corrected in the next assertion.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,12 @@ use http::HeaderMap;
 pub(crate) struct ClockSkew {
     offset: AtomicI64,
     known: AtomicBool,
+    /// Whether an offset too large to follow was reported.
+    reported: AtomicBool,
 }
+
+/// Largest clock offset of the token endpoint that assertion times are corrected for.
+pub(crate) const MAX_CORRECTION: Duration = Duration::from_secs(300);
 
 impl ClockSkew {
     /// Learns the offset from a response's `Date` header, taken at local time `local`. Returns it.
@@ -43,9 +48,21 @@ impl ClockSkew {
     }
 
     /// The offset to apply to assertion times: the measured one when it is larger than what the
-    /// `iat` back-dating absorbs, else none.
+    /// `iat` back-dating absorbs, else none. An offset over [`MAX_CORRECTION`] is a server (or
+    /// someone between) with a broken clock: never followed, so that no assertion is signed far
+    /// in the future (where it could be collected for later), and reported once.
     pub(crate) fn correction(&self, backdate: Duration) -> i64 {
         match self.offset() {
+            Some(offset) if offset.unsigned_abs() > MAX_CORRECTION.as_secs() => {
+                if !self.reported.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        offset_s = offset,
+                        "the token endpoint's clock differs from ours by more than 5 minutes: \
+                         not correcting assertion times for it (check both clocks)"
+                    );
+                }
+                0
+            }
             Some(offset) if offset.unsigned_abs() > backdate.as_secs() => offset,
             _ => 0,
         }
@@ -99,6 +116,15 @@ mod tests {
             "the back-date absorbs it"
         );
         assert_eq!(skew.observe(&HeaderMap::new(), local), None);
+        // A year ahead: not followed.
+        let year = Duration::from_secs(365 * 86_400);
+        skew.observe(&date(local + year), local);
+        assert_eq!(skew.correction(Duration::from_secs(5)), 0);
+        skew.observe(&date(local - Duration::from_secs(301)), local);
+        assert_eq!(skew.correction(Duration::from_secs(5)), 0);
+        skew.observe(&date(local - Duration::from_secs(299)), local);
+        assert_eq!(skew.correction(Duration::from_secs(5)), -299);
+        skew.observe(&date(local + Duration::from_secs(3)), local);
         let mut bad = HeaderMap::new();
         bad.insert(http::header::DATE, "yesterday".parse().unwrap());
         assert_eq!(skew.observe(&bad, local), None);

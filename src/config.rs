@@ -212,7 +212,8 @@ impl KoppeltaalAuthBuilder {
         self
     }
 
-    /// Sets the client assertion lifetime. Defaults to 60 s; at most 300 s.
+    /// Sets the client assertion lifetime. Defaults to 60 s; with the `iat` back-dating at most
+    /// 300 s (295 s with the default 5 s back-dating).
     pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
         self.credentials = self.credentials.assertion_lifetime(lifetime);
         self
@@ -236,10 +237,20 @@ impl KoppeltaalAuthBuilder {
         self
     }
 
-    /// Uses this reqwest client for token and discovery requests (configure it not to follow
-    /// redirects). By default one without redirects, proxy or cookies is built.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.credentials = self.credentials.http_client(client);
+    /// Builds the HTTP client for token and discovery requests from `builder` (your TLS roots,
+    /// client identity, proxy, ...), with redirects turned off whatever it says; see
+    /// [`ClientCredentialsBuilder::http_client_builder`](crate::token::ClientCredentialsBuilder::http_client_builder).
+    /// By default one without redirects, proxy (none from the environment either) or cookies
+    /// is built.
+    pub fn http_client_builder(mut self, builder: reqwest::ClientBuilder) -> Self {
+        self.credentials = self.credentials.http_client_builder(builder);
+        self
+    }
+
+    /// Sends token and discovery requests through `proxy`. By default no proxy is used, and
+    /// the proxy environment variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored.
+    pub fn proxy(mut self, proxy: reqwest::Proxy) -> Self {
+        self.credentials = self.credentials.proxy(proxy);
         self
     }
 
@@ -314,10 +325,12 @@ impl KoppeltaalAuthBuilder {
         if self.source.is_some() || self.credentials.get_token_endpoint().is_some() {
             return self.build();
         }
-        let http = self.credentials.http_client_or_default()?;
-        let skew = Arc::new(crate::clock::ClockSkew::default());
-        let config = smart::discover_observing(&http, base.as_str(), Some(&skew)).await?;
-        if let Some(key) = self.credentials.get_keys().map(KeySet::signing_key)
+        let mut builder = self;
+        let http = builder.credentials.http_client()?;
+        // The auth server's clock is learned from the auth server only (its token responses),
+        // never from the FHIR server's discovery answer.
+        let config = smart::discover_with(&http, base.as_str()).await?;
+        if let Some(key) = builder.credentials.get_keys().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {
             return Err(Error::new(
@@ -332,8 +345,7 @@ impl KoppeltaalAuthBuilder {
                 ),
             ));
         }
-        let mut builder = self;
-        builder.credentials = builder.credentials.http_client(http).clock_skew(skew);
+        builder.credentials = builder.credentials.built_client(http);
         builder.finish(&base, Some(config.token_endpoint))
     }
 

@@ -14,13 +14,29 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP client used when the caller brings none: no redirects (a token request must not be
-/// sent anywhere else), no proxy from the environment, a request timeout.
-pub(crate) fn default_client(timeout: Duration) -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+/// sent anywhere else), no proxy (not even from the environment: `HTTP_PROXY` would see every
+/// client assertion) unless `proxy` is given, a request timeout.
+pub(crate) fn default_client(
+    timeout: Duration,
+    proxy: Option<reqwest::Proxy>,
+) -> Result<reqwest::Client, Error> {
+    let builder = reqwest::Client::builder()
+        .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("koppeltaal-auth/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("koppeltaal-auth/", env!("CARGO_PKG_VERSION")));
+    let builder = match proxy {
+        Some(proxy) => builder.proxy(proxy),
+        None => builder,
+    };
+    finish_client(builder)
+}
+
+/// Builds a token or discovery client from `builder`, with redirects turned off whatever it
+/// says: a redirected token request would hand a live client assertion to another server.
+pub(crate) fn finish_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    builder
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|err| Error::config("cannot build the HTTP client").with_source(err))
 }

@@ -156,7 +156,7 @@ pub(crate) fn well_known_url(fhir_base: &Url) -> Result<Url, Error> {
 ///
 /// As [`discover_with`].
 pub async fn discover(fhir_base: &str) -> Result<SmartConfiguration, Error> {
-    discover_with(&default_client(DEFAULT_REQUEST_TIMEOUT)?, fhir_base).await
+    discover_with(&default_client(DEFAULT_REQUEST_TIMEOUT, None)?, fhir_base).await
 }
 
 /// Fetches and checks `<fhir_base>/.well-known/smart-configuration` with `http`, without a
@@ -174,15 +174,6 @@ pub async fn discover_with(
     http: &reqwest::Client,
     fhir_base: &str,
 ) -> Result<SmartConfiguration, Error> {
-    discover_observing(http, fhir_base, None).await
-}
-
-/// [`discover_with`], also measuring the server's clock offset from the `Date` header.
-pub(crate) async fn discover_observing(
-    http: &reqwest::Client,
-    fhir_base: &str,
-    skew: Option<&crate::clock::ClockSkew>,
-) -> Result<SmartConfiguration, Error> {
     let base = parse_secure_url("FHIR base URL", fhir_base)?;
     let url = well_known_url(&base)?;
     let response = http
@@ -191,9 +182,6 @@ pub(crate) async fn discover_observing(
         .send()
         .await
         .map_err(|err| Error::from_reqwest("SMART discovery request failed", err))?;
-    if let Some(skew) = skew {
-        skew.observe(response.headers(), std::time::SystemTime::now());
-    }
     let status = response.status();
     let body = read_limited(response, MAX_BODY).await?;
     if !status.is_success() {

@@ -7,7 +7,7 @@ mod support;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use koppeltaal_auth::testing::MockKoppeltaal;
-use koppeltaal_auth::{KoppeltaalAuth, TokenSource};
+use koppeltaal_auth::{ClientCredentials, KoppeltaalAuth, TokenSource};
 use support::{CLIENT_ID, rsa_key, source};
 
 async fn mock_with_offset(seconds: i64) -> MockKoppeltaal {
@@ -93,8 +93,11 @@ async fn small_offsets_are_left_to_the_iat_backdate() {
     );
 }
 
+/// The offset is learned from the auth server only: discovery is the FHIR server's answer, whose
+/// clock may differ from the auth server's (the mock's share one clock, so the first token
+/// request is still refused once).
 #[tokio::test]
-async fn discovery_measures_the_offset_before_the_first_token_request() {
+async fn the_offset_is_learned_from_the_token_endpoint_not_from_discovery() {
     let mock = mock_with_offset(-30).await;
     let auth = KoppeltaalAuth::builder()
         .fhir_base_url(mock.fhir_base_url())
@@ -104,7 +107,59 @@ async fn discovery_measures_the_offset_before_the_first_token_request() {
         .await
         .unwrap();
     auth.ready().await.unwrap();
-    assert_eq!(refusals(&mock), [None], "corrected from the start");
+    assert_eq!(
+        refusals(&mock),
+        [Some("iat in the future".to_owned()), None]
+    );
+}
+
+/// A token endpoint whose clock is a year ahead (or someone on the path faking its `Date`) does
+/// not make the client sign assertions a year in the future: corrections over 5 minutes are not
+/// applied.
+#[tokio::test]
+async fn a_clock_a_year_ahead_is_not_followed() {
+    let year = 365 * 86_400;
+    let mock = mock_with_offset(year).await;
+    let source = source(&mock, rsa_key());
+    for _ in 0..3 {
+        assert!(source.fetch().await.is_err());
+    }
+    let requests = mock.token_requests();
+    assert_eq!(requests.len(), 3, "no second attempt with corrected times");
+    for request in requests {
+        let claims = request.assertion_claims.unwrap();
+        let iat = claims["iat"].as_i64().unwrap();
+        assert!(
+            (iat - now_secs()).abs() < 60,
+            "iat {iat} is our time, not the server's"
+        );
+    }
+}
+
+/// The longest assertion lifetime with the default back-dating (295 s) still works against a
+/// server a few seconds behind; 300 s would put `exp` more than five minutes into its future, and
+/// is refused when the configuration is built.
+#[tokio::test]
+async fn the_longest_assertion_lifetime_works_against_a_server_behind() {
+    let mock = mock_with_offset(-4).await;
+    let source = ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint(mock.token_endpoint())
+        .signing_key(rsa_key())
+        .assertion_lifetime(std::time::Duration::from_secs(295))
+        .build()
+        .unwrap();
+    source.fetch().await.unwrap();
+    assert_eq!(refusals(&mock), [None]);
+    let err = ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint(mock.token_endpoint())
+        .signing_key(rsa_key())
+        .assertion_lifetime(std::time::Duration::from_secs(300))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), koppeltaal_auth::ErrorKind::Config);
+    assert!(err.to_string().contains("300 seconds"), "{err}");
 }
 
 #[tokio::test]

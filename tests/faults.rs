@@ -45,15 +45,12 @@ async fn setup(lifetime: Duration) -> (MockKoppeltaal, FaultProxy, Authenticator
     mock.set_audience(&proxy.url("/oauth2/token"));
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+        .timeout(Duration::from_millis(300));
     let source = ClientCredentials::builder()
         .client_id(CLIENT_ID)
         .token_endpoint(proxy.url("/oauth2/token"))
         .signing_key(rsa_key())
-        .http_client(http)
+        .http_client_builder(http)
         .build()
         .unwrap();
     let auth = KoppeltaalAuth::builder()
@@ -169,10 +166,12 @@ async fn token_endpoint_fault(fault: Mode, expect: Expect) {
             );
         }
         if !matches!(expect.kind, ErrorKind::Transport) || expect.status.is_some() {
-            assert_eq!(
-                attempts.len() as u64,
-                failed + 1,
-                "the server saw every attempt"
+            // The first (good) token, every failed attempt, and perhaps one that started after
+            // the failures were counted and has not failed yet.
+            let seen = attempts.len() as u64;
+            assert!(
+                seen == failed + 1 || seen == failed + 2,
+                "the server saw every attempt: {seen} for {failed} failures"
             );
         }
 
@@ -326,12 +325,7 @@ async fn token_endpoint_slow() {
             .client_id(CLIENT_ID)
             .token_endpoint(proxy.url("/oauth2/token"))
             .signing_key(rsa_key())
-            .http_client(
-                reqwest::Client::builder()
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .unwrap(),
-            )
+            .http_client_builder(reqwest::Client::builder().pool_max_idle_per_host(0))
             .build()
             .unwrap();
         let auth = KoppeltaalAuth::builder()

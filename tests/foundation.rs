@@ -332,37 +332,44 @@ async fn the_mock_is_as_strict_as_the_reference_server() {
         post_assertion(&mock, "client_credentials", JWT_BEARER, jwt.as_str()).await,
         StatusCode::UNAUTHORIZED
     );
-    // exp 301 s ahead (the largest lifetime we can build is 300, so move "now" forward by 1 s
-    // while keeping iat in the past with a 60 s back-date).
-    let long = good
-        .clone()
-        .with_lifetime(Duration::from_secs(300))
-        .unwrap();
-    let jwt = sign(&long, now + Duration::from_secs(1), "jti-3");
-    let long_ok = sign(&long, now, "jti-3b");
-    let jwt_backdated = long
-        .clone()
-        .with_iat_backdate(Duration::from_secs(60))
-        .unwrap()
-        .sign_at(&key, now + Duration::from_secs(2), "jti-3c")
-        .unwrap();
+    // exp more than 300 s ahead: crafted by hand, as this crate never signs such an assertion
+    // (lifetime plus back-dating is at most 300 s).
+    let craft = |exp_ahead: u64, jti: &str| {
+        let now = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS512);
+        header.kid = Some("test-rsa".to_owned());
+        header.typ = Some("JWT".to_owned());
+        let claims = json!({
+            "iss": CLIENT_ID, "sub": CLIENT_ID, "aud": mock.token_endpoint(),
+            "iat": now - 60, "exp": now + exp_ahead, "jti": jti,
+        });
+        let pem = support::pem("test-only-rsa2048-pkcs8.pem");
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
     assert_eq!(
         post_assertion(
             &mock,
             "client_credentials",
             JWT_BEARER,
-            jwt_backdated.as_str()
+            &craft(302, "jti-3c")
         )
         .await,
         StatusCode::UNAUTHORIZED,
         "exp 302 s ahead"
     );
+    let long = good
+        .clone()
+        .with_iat_backdate(Duration::ZERO)
+        .unwrap()
+        .with_lifetime(Duration::from_secs(300))
+        .unwrap();
+    let long_ok = sign(&long, now, "jti-3b");
     assert_eq!(
         post_assertion(&mock, "client_credentials", JWT_BEARER, long_ok.as_str()).await,
         StatusCode::OK,
         "exp 300 s ahead is fine"
     );
-    let _ = jwt;
     // iat in the future (no back-date, clock 10 s ahead).
     let ahead = good.clone().with_iat_backdate(Duration::ZERO).unwrap();
     let jwt = sign(&ahead, now + Duration::from_secs(10), "jti-4");

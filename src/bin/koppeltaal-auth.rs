@@ -112,7 +112,44 @@ struct Credentials {
     /// Scope to request (Koppeltaal sets the scope from the application's role).
     #[arg(long, env = "KOPPELTAAL_SCOPE")]
     scope: Option<String>,
+    /// Proxy for every request (`http://`, `https://` or `socks5://` URL). None by default: the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` variables are ignored, so that no proxy you did not
+    /// name sees a client assertion.
+    #[arg(long, env = "KOPPELTAAL_PROXY")]
+    proxy: Option<String>,
 }
+
+impl Credentials {
+    /// The proxy named with `--proxy`, if any.
+    fn proxy(&self) -> Result<Option<reqwest::Proxy>, Failure> {
+        self.proxy
+            .as_deref()
+            .map(|url| {
+                reqwest::Proxy::all(url)
+                    .map_err(|err| failure(2, format!("invalid --proxy {url}: {err}")))
+            })
+            .transpose()
+    }
+
+    /// A client for discovery and `get`: no redirects, the named proxy or none at all, a
+    /// 10 s timeout.
+    fn http_client(&self) -> Result<reqwest::Client, Failure> {
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(REQUEST_TIMEOUT);
+        let builder = match self.proxy()? {
+            Some(proxy) => builder.proxy(proxy),
+            None => builder,
+        };
+        builder
+            .build()
+            .map_err(|err| failure(2, format!("cannot build the HTTP client: {err}")))
+    }
+}
+
+/// Timeout of each request the tool makes.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 struct TokenArgs {
@@ -289,7 +326,12 @@ fn pretty(value: &impl serde::Serialize) -> String {
 async fn token_endpoint(credentials: &Credentials) -> Result<String, Failure> {
     match (&credentials.token_endpoint, &credentials.fhir_base) {
         (Some(endpoint), _) => Ok(endpoint.clone()),
-        (None, Some(base)) => Ok(koppeltaal_auth::smart::discover(base).await?.token_endpoint),
+        (None, Some(base)) => Ok(koppeltaal_auth::smart::discover_with(
+            &credentials.http_client()?,
+            base,
+        )
+        .await?
+        .token_endpoint),
         (None, None) => Err(failure(
             2,
             "give --fhir-base (discovery) or --token-endpoint (KOPPELTAAL_FHIR_BASE, KOPPELTAAL_TOKEN_ENDPOINT)",
@@ -310,6 +352,9 @@ async fn token(args: &TokenArgs) -> Result<(), Failure> {
         .signing_key(key);
     if let Some(scope) = &credentials.scope {
         builder = builder.scope(scope);
+    }
+    if let Some(proxy) = credentials.proxy()? {
+        builder = builder.proxy(proxy);
     }
     let token = builder.build()?.fetch().await?;
     if args.header {
@@ -349,6 +394,9 @@ async fn get(args: &GetArgs) -> Result<(), Failure> {
     if let Some(scope) = &credentials.scope {
         builder = builder.scope(scope);
     }
+    if let Some(proxy) = credentials.proxy()? {
+        builder = builder.proxy(proxy);
+    }
     let auth = builder.discover().await?;
     if !auth.covers(&args.url) {
         eprintln!(
@@ -356,10 +404,7 @@ async fn get(args: &GetArgs) -> Result<(), Failure> {
             args.url
         );
     }
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| failure(2, format!("cannot build the HTTP client: {err}")))?;
+    let http = credentials.http_client()?;
     let mut service = tower_layer::Layer::layer(&auth.layer(), ReqwestService(http));
     let request = http::Request::get(&args.url)
         .header(http::header::ACCEPT, "application/fhir+json")
@@ -399,9 +444,12 @@ async fn get(args: &GetArgs) -> Result<(), Failure> {
 #[derive(Clone)]
 struct ReqwestService(reqwest::Client);
 
+/// Largest response body `get` reads.
+const MAX_GET_BODY: usize = 16 * 1024 * 1024;
+
 impl Service<http::Request<Bytes>> for ReqwestService {
     type Response = http::Response<Bytes>;
-    type Error = reqwest::Error;
+    type Error = koppeltaal_auth::BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -412,15 +460,25 @@ impl Service<http::Request<Bytes>> for ReqwestService {
         let client = self.0.clone();
         Box::pin(async move {
             let request = reqwest::Request::try_from(request)?;
-            let response = client.execute(request).await?;
+            let mut response = client.execute(request).await?;
             let mut builder = http::Response::builder()
                 .status(response.status())
                 .version(response.version());
             if let Some(headers) = builder.headers_mut() {
                 *headers = response.headers().clone();
             }
-            let body = response.bytes().await?;
-            Ok(builder.body(body).unwrap_or_default())
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_GET_BODY {
+                    return Err(format!(
+                        "the response body is over {} MiB: not read",
+                        MAX_GET_BODY / (1024 * 1024)
+                    )
+                    .into());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(builder.body(Bytes::from(body)).unwrap_or_default())
         })
     }
 }

@@ -74,7 +74,11 @@ async fn refresh_client_jwks(shared: &Shared, body: &[u8]) {
     };
     let Some(url) = url else { return };
     let fetched = async {
-        let response = reqwest::Client::new()
+        // No proxy from the environment: the mock is a loopback server.
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .ok()?
             .get(&url)
             .header("accept", "application/json")
             .send()

@@ -13,8 +13,10 @@ use super::{AccessToken, BoxFuture, TokenSource};
 use crate::assertion::ClientAssertion;
 use crate::clock::{ClockSkew, shifted};
 use crate::endpoint::parse_secure_url;
-use crate::error::Error;
-use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
+use crate::error::{Error, ErrorKind};
+use crate::fetch::{
+    DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, finish_client, read_limited,
+};
 use crate::key::SigningKey;
 use crate::keyset::KeySet;
 
@@ -91,9 +93,11 @@ pub struct ClientCredentialsBuilder {
     assertion_lifetime: Option<Duration>,
     iat_backdate: Option<Duration>,
     default_lifetime: Option<Duration>,
+    /// A client this crate built already (after discovery), reused for token requests.
     http: Option<reqwest::Client>,
+    http_builder: Option<reqwest::ClientBuilder>,
+    proxy: Option<reqwest::Proxy>,
     timeout: Option<Duration>,
-    skew: Option<Arc<ClockSkew>>,
 }
 
 impl ClientCredentials {
@@ -176,6 +180,14 @@ impl ClientCredentials {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "token endpoint answered"
         );
+        if status.is_redirection() {
+            return Err(Error::new(
+                ErrorKind::TokenRejected,
+                "the token endpoint answered with a redirect; token requests never follow one \
+                 (configure the final token endpoint URL)",
+            )
+            .with_status(status));
+        }
         if status.is_success() {
             let token = parse_token_response(&body, received_at, inner.default_lifetime)?;
             // When a resource server starts taking it: the JWT's own claims, else the moment the
@@ -243,7 +255,8 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Sets the assertion lifetime. Defaults to 60 seconds, at most 300.
+    /// Sets the assertion lifetime. Defaults to 60 seconds; with the `iat` back-dating at most
+    /// 300 (295 with the default back-dating; see [`ClientAssertion::with_lifetime`]).
     pub fn assertion_lifetime(mut self, lifetime: Duration) -> Self {
         self.assertion_lifetime = Some(lifetime);
         self
@@ -263,10 +276,23 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Uses this reqwest client for token requests. Configure it without redirects; by default a
-    /// client with no redirects, no proxy and a 10 second timeout is built.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+    /// Builds the HTTP client for token requests from `builder`: your TLS roots, client
+    /// identity, proxy, timeouts, ... Redirects are turned off whatever the builder says (a
+    /// token request must never be sent anywhere else: the assertion in it could be redeemed
+    /// there). Its proxy settings are its own: reqwest reads the proxy environment variables
+    /// unless you call `no_proxy()` on it. By default a client with no redirects, no proxy (none
+    /// from the environment either) and a 10 second timeout is built.
+    pub fn http_client_builder(mut self, builder: reqwest::ClientBuilder) -> Self {
+        self.http_builder = Some(builder);
+        self.http = None;
+        self
+    }
+
+    /// Sends token requests through `proxy` (the default client uses none, and ignores the
+    /// proxy environment variables). Not used with
+    /// [`http_client_builder`](Self::http_client_builder): configure the proxy on that.
+    pub fn proxy(mut self, proxy: reqwest::Proxy) -> Self {
+        self.proxy = Some(proxy);
         self
     }
 
@@ -294,12 +320,31 @@ impl ClientCredentialsBuilder {
         self.keys.as_ref()
     }
 
-    /// The configured HTTP client, or the default one with the configured timeout.
-    pub(crate) fn http_client_or_default(&self) -> Result<reqwest::Client, Error> {
-        match &self.http {
-            Some(http) => Ok(http.clone()),
-            None => default_client(self.request_timeout_checked()?),
+    /// The HTTP client: the one built already, else one from the caller's builder, else the
+    /// default one. Built once: the builder is used up, and the client kept for reuse.
+    pub(crate) fn http_client(&mut self) -> Result<reqwest::Client, Error> {
+        if let Some(http) = &self.http {
+            return Ok(http.clone());
         }
+        let timeout = self.request_timeout_checked()?;
+        let http = match self.http_builder.take() {
+            Some(builder) => {
+                let builder = match self.timeout {
+                    Some(timeout) => builder.timeout(timeout),
+                    None => builder,
+                };
+                finish_client(builder)?
+            }
+            None => default_client(timeout, self.proxy.clone())?,
+        };
+        self.http = Some(http.clone());
+        Ok(http)
+    }
+
+    /// Uses `client`, built by this crate (with redirects off), for token requests.
+    pub(crate) fn built_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
     }
 
     fn request_timeout_checked(&self) -> Result<Duration, Error> {
@@ -312,12 +357,6 @@ impl ClientCredentialsBuilder {
         Ok(timeout)
     }
 
-    /// Shares a clock-offset measurement (from discovery) with this source.
-    pub(crate) fn clock_skew(mut self, skew: Arc<ClockSkew>) -> Self {
-        self.skew = Some(skew);
-        self
-    }
-
     /// Builds the [`ClientCredentials`].
     ///
     /// # Errors
@@ -327,8 +366,8 @@ impl ClientCredentialsBuilder {
     /// loopback hosts only), the assertion lifetime is over 300 seconds, the default token
     /// lifetime is not between 1 second and a year, or the request timeout is zero or over 300
     /// seconds.
-    pub fn build(self) -> Result<ClientCredentials, Error> {
-        let timeout = self.request_timeout_checked()?;
+    pub fn build(mut self) -> Result<ClientCredentials, Error> {
+        let http = self.http_client()?;
         let client_id = self
             .client_id
             .ok_or_else(|| Error::config("client_id is required"))?;
@@ -340,11 +379,12 @@ impl ClientCredentialsBuilder {
             .ok_or_else(|| Error::config("signing_key or key_set is required"))?;
         let token_endpoint = parse_secure_url("token endpoint", &endpoint)?;
         let mut assertion = ClientAssertion::new(client_id, endpoint)?;
-        if let Some(lifetime) = self.assertion_lifetime {
-            assertion = assertion.with_lifetime(lifetime)?;
-        }
+        // The back-dating first: the two together are at most 300 s.
         if let Some(backdate) = self.iat_backdate {
             assertion = assertion.with_iat_backdate(backdate)?;
+        }
+        if let Some(lifetime) = self.assertion_lifetime {
+            assertion = assertion.with_lifetime(lifetime)?;
         }
         let default_lifetime = self.default_lifetime.unwrap_or(DEFAULT_TOKEN_LIFETIME);
         if default_lifetime < Duration::from_secs(1) || default_lifetime > super::MAX_TOKEN_LIFETIME
@@ -353,10 +393,6 @@ impl ClientCredentialsBuilder {
                 "the default token lifetime must be between 1 second and a year",
             ));
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => default_client(timeout)?,
-        };
         Ok(ClientCredentials {
             inner: Arc::new(Inner {
                 http,
@@ -365,7 +401,7 @@ impl ClientCredentialsBuilder {
                 keys,
                 scope: self.scope,
                 default_lifetime,
-                skew: self.skew.unwrap_or_default(),
+                skew: Arc::default(),
             }),
         })
     }
