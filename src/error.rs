@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::redact::sanitize_hiding;
+pub(crate) use crate::redact::sanitize_snippet;
+
 /// Alias for a type-erased error, as used by tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -252,7 +255,13 @@ impl Error {
     }
 
     pub(crate) fn with_body_snippet(self, body: &[u8]) -> Self {
-        let snippet = sanitize_snippet(body);
+        self.with_body_snippet_hiding(body, &[])
+    }
+
+    /// Keeps a sanitised snippet of `body` with no piece of any of `secrets` (see
+    /// [`crate::redact`]).
+    pub(crate) fn with_body_snippet_hiding(self, body: &[u8], secrets: &[&str]) -> Self {
+        let snippet = sanitize_hiding(body, secrets);
         self.edit(|inner| inner.body_snippet = (!snippet.is_empty()).then_some(snippet))
     }
 
@@ -378,85 +387,9 @@ impl std::error::Error for Error {
     }
 }
 
-/// Longest snippet of server-provided text kept in an error.
-const SNIPPET_CHARS: usize = 200;
-
-/// A run of token-like characters at least this long is treated as a possible secret.
-const SECRET_RUN: usize = 32;
-
-/// Makes server-provided text safe to show: lossy UTF-8, control characters replaced by spaces,
-/// whitespace collapsed, long token-like runs (JWTs, opaque tokens) replaced by `[redacted]`,
-/// truncated to [`SNIPPET_CHARS`] characters.
-pub(crate) fn sanitize_snippet(body: &[u8]) -> String {
-    // Look at a little more than we keep, so a redaction at the cut is still recognised.
-    let head = &body[..body.len().min(SNIPPET_CHARS * 4)];
-    let text = String::from_utf8_lossy(head);
-    let mut out = String::with_capacity(text.len().min(SNIPPET_CHARS));
-    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
-        if word.is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        push_redacted(&mut out, word);
-    }
-    if out.chars().count() > SNIPPET_CHARS {
-        let cut = out
-            .char_indices()
-            .nth(SNIPPET_CHARS)
-            .map_or(out.len(), |(i, _)| i);
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
-}
-
-fn push_redacted(out: &mut String, word: &str) {
-    let is_token_char =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '/' | '=' | '~');
-    let mut run_start = None;
-    let mut last = 0;
-    for (i, c) in word
-        .char_indices()
-        .chain(std::iter::once((word.len(), ' ')))
-    {
-        match (is_token_char(c), run_start) {
-            (true, None) => run_start = Some(i),
-            (false, Some(start)) => {
-                run_start = None;
-                if i - start >= SECRET_RUN {
-                    out.push_str(&word[last..start]);
-                    out.push_str("[redacted]");
-                    last = i;
-                }
-            }
-            _ => {}
-        }
-    }
-    out.push_str(&word[last..]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snippet_is_truncated_and_cleaned() {
-        let body = format!("Access\r\n\tDenied\u{0}{}", "x ".repeat(500));
-        let snippet = sanitize_snippet(body.as_bytes());
-        assert!(snippet.starts_with("Access Denied x x"));
-        assert!(snippet.chars().count() <= SNIPPET_CHARS + 1);
-        assert!(!snippet.contains(['\r', '\n', '\t', '\0']));
-    }
-
-    #[test]
-    fn snippet_redacts_token_like_runs() {
-        let jwt = "eyJhbGciOiJSUzUxMiJ9.eyJzdWIiOiJhYmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
-        let snippet = sanitize_snippet(format!("bad token \"{jwt}\" here").as_bytes());
-        assert_eq!(snippet, "bad token \"[redacted]\" here");
-        assert_eq!(sanitize_snippet(b"Access Denied"), "Access Denied");
-    }
 
     #[test]
     fn transient_classification() {

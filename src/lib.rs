@@ -74,6 +74,7 @@ mod head;
 mod key;
 mod keyset;
 mod layer;
+mod redact;
 mod replay;
 mod scope;
 mod service;

@@ -283,7 +283,7 @@ proptest! {
                 headers.insert(http::header::RETRY_AFTER, value);
             }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            let error = parse_error_response(status, &headers, &body, SystemTime::now());
+            let error = parse_error_response(status, &headers, &body, SystemTime::now(), &[]);
             prop_assert_eq!(error.kind(), ErrorKind::TokenRejected);
             prop_assert!(error.retry_after().is_none_or(|d| d <= Duration::from_secs(86_400)));
             prop_assert!(error.body_snippet().is_none_or(|s| !s.chars().any(char::is_control)));
@@ -325,6 +325,55 @@ proptest! {
         match crate::SigningKey::from_pem(&bytes, "k") {
             Ok(key) => prop_assert!(!key.kid().is_empty()),
             Err(error) => prop_assert!(matches!(error.kind(), ErrorKind::Key)),
+        }
+    }
+
+    #[test]
+    fn no_piece_of_a_secret_survives_in_an_error(
+        prefix in "[ -~\\n\\t]{0,900}",
+        suffix in "[ -~\\n]{0,300}",
+        jwt in "[A-Za-z0-9_-]{20,300}\\.[A-Za-z0-9_-]{20,300}\\.[A-Za-z0-9_-]{20,300}",
+        opaque in "[!-~]{16,80}",
+        which in 0..3usize,
+        form in 0..3usize,
+        json in any::<bool>(),
+    ) {
+        use crate::redact::{holds_piece_of, json_escaped, url_encoded};
+        // The assertion is known to the sanitizer; an access token is not (a JWT-shaped one is
+        // caught by its shape); an opaque token with any characters is caught when known.
+        let (secret, known): (&str, Vec<&str>) = match which {
+            0 => (&jwt, vec![jwt.as_str()]),
+            1 => (&jwt, vec![]),
+            _ => (&opaque, vec![opaque.as_str()]),
+        };
+        let echoed = match form {
+            0 => secret.to_owned(),
+            1 => url_encoded(secret),
+            _ => json_escaped(secret),
+        };
+        let body = if json {
+            format!(
+                r#"{{"error":"invalid_client","error_description":"{}{echoed}{}","error_uri":"{echoed}"}}"#,
+                json_escaped(&prefix), json_escaped(&suffix)
+            )
+        } else {
+            format!("{prefix}{echoed}{suffix}")
+        };
+        let error = parse_error_response(
+            http::StatusCode::UNAUTHORIZED,
+            &http::HeaderMap::new(),
+            body.as_bytes(),
+            SystemTime::now(),
+            &known,
+        );
+        let mut kept = vec![error.to_string(), format!("{error:?}")];
+        kept.extend(error.body_snippet().map(str::to_owned));
+        if let Some(oauth) = error.oauth_error() {
+            kept.extend(oauth.description.clone());
+            kept.extend(oauth.uri.clone());
+        }
+        for text in kept {
+            prop_assert!(!holds_piece_of(&text, secret), "{} kept in {:?}", secret, text);
         }
     }
 

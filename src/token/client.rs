@@ -205,6 +205,7 @@ impl ClientCredentials {
                 &headers,
                 &body,
                 SystemTime::now(),
+                &[assertion.as_str()],
             ))
         }
     }

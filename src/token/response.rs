@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::AccessToken;
 use crate::error::{Error, ErrorKind, OAuthError, OAuthErrorCode, sanitize_snippet};
+use crate::redact::sanitize_hiding;
 
 /// Longest `expires_in` accepted: a year. Anything longer is not a sensible access token.
 const MAX_EXPIRES_IN: u64 = super::MAX_TOKEN_LIFETIME.as_secs();
@@ -94,23 +95,32 @@ fn parse_expires_in(value: &Value) -> Result<u64, Error> {
 /// Turns an error answer (any non-2xx status) into an [`ErrorKind::TokenRejected`] error with the
 /// status, the RFC 6749 error when the body is one, else a sanitised snippet of the body, and the
 /// `Retry-After` delay.
+///
+/// `secrets` (the assertion that was sent) leave no piece in what is kept, whatever form the
+/// server echoes them in.
 pub(crate) fn parse_error_response(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
+    secrets: &[&str],
 ) -> Error {
     let error = Error::new(ErrorKind::TokenRejected, "")
         .with_status(status)
         .with_retry_after(parse_retry_after(headers, now));
-    match parse_oauth_error(body) {
+    match parse_oauth_error_hiding(body, secrets) {
         Some(oauth) => error.with_oauth(oauth),
-        None => error.with_body_snippet(body),
+        None => error.with_body_snippet_hiding(body, secrets),
     }
 }
 
 /// An RFC 6749 section 5.2 error body: a JSON object with a string `error`.
+#[cfg(test)]
 pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<OAuthError> {
+    parse_oauth_error_hiding(body, &[])
+}
+
+fn parse_oauth_error_hiding(body: &[u8], secrets: &[&str]) -> Option<OAuthError> {
     let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
@@ -118,7 +128,7 @@ pub(crate) fn parse_oauth_error(body: &[u8]) -> Option<OAuthError> {
         return None;
     };
     let text = |name: &str| match object.get(name) {
-        Some(Value::String(text)) => Some(sanitize_snippet(text.as_bytes())),
+        Some(Value::String(text)) => Some(sanitize_hiding(text.as_bytes(), secrets)),
         _ => None,
     };
     Some(OAuthError {
@@ -256,6 +266,7 @@ mod tests {
             &HeaderMap::new(),
             br#"{"error":"invalid_client","error_description":"kid not found","error_uri":"https://x/e"}"#,
             SystemTime::now(),
+            &[],
         );
         assert_eq!(err.kind(), ErrorKind::TokenRejected);
         assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
@@ -273,6 +284,7 @@ mod tests {
             &HeaderMap::new(),
             b"Access Denied",
             SystemTime::now(),
+            &[],
         );
         assert!(err.oauth_error().is_none());
         assert_eq!(err.body_snippet(), Some("Access Denied"));
@@ -282,6 +294,7 @@ mod tests {
             &HeaderMap::new(),
             br#"{"error":{"nested":true}}"#,
             SystemTime::now(),
+            &[],
         );
         assert!(err.oauth_error().is_none());
         assert!(err.is_transient());
