@@ -466,6 +466,18 @@ fn parse_private_pem(input: &[u8]) -> Result<(Zeroizing<Vec<u8>>, KeyType), Erro
     let mut other = None;
     for block in blocks {
         match block.tag() {
+            // Legacy (OpenSSL) encryption: a PKCS#1 or SEC1 block with encryption headers.
+            "RSA PRIVATE KEY" | "EC PRIVATE KEY"
+                if block
+                    .headers()
+                    .get("Proc-Type")
+                    .is_some_and(|value| value.contains("ENCRYPTED")) =>
+            {
+                return Err(Error::key(
+                    "encrypted private keys are not supported; decrypt it first \
+                     (openssl pkey -in key.pem -out plain.pem)",
+                ));
+            }
             "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
                 if private.is_some() {
                     return Err(Error::key("the PEM input holds more than one private key"));
@@ -501,19 +513,20 @@ fn parse_private_pem(input: &[u8]) -> Result<(Zeroizing<Vec<u8>>, KeyType), Erro
     let der = Zeroizing::new(block.into_contents());
     let unsupported = || {
         Error::key(
-            "unsupported or malformed private key (supported: RSA 2048+ bits, EC P-256, EC P-384)",
+            "unsupported or malformed private key (supported: RSA of 2048 to 8192 bits, EC \
+             P-256, EC P-384)",
         )
     };
     let too_small = || Error::key("RSA keys must have at least 2048 bits");
+    let too_large = || Error::key("RSA keys of more than 8192 bits are not supported");
+    let rsa_error = |err: aws_lc_rs::error::KeyRejected| match err.description_() {
+        "TooSmall" => too_small(),
+        "TooLarge" => too_large(),
+        _ => unsupported(),
+    };
     match kind {
         PemKind::Pkcs1 => {
-            let pair = RsaKeyPair::from_der(&der).map_err(|err| {
-                if err.description_() == "TooSmall" {
-                    too_small()
-                } else {
-                    unsupported()
-                }
-            })?;
+            let pair = RsaKeyPair::from_der(&der).map_err(rsa_error)?;
             let pkcs8 = pair.as_der().map_err(|_| unsupported())?;
             Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), KeyType::Rsa))
         }
@@ -528,7 +541,9 @@ fn parse_private_pem(input: &[u8]) -> Result<(Zeroizing<Vec<u8>>, KeyType), Erro
         }
         PemKind::Pkcs8 => match RsaKeyPair::from_pkcs8(&der) {
             Ok(_) => Ok((der, KeyType::Rsa)),
-            Err(err) if err.description_() == "TooSmall" => Err(too_small()),
+            Err(err) if matches!(err.description_(), "TooSmall" | "TooLarge") => {
+                Err(rsa_error(err))
+            }
             Err(_) => [Curve::P256, Curve::P384]
                 .into_iter()
                 .find(|curve| EcdsaKeyPair::from_pkcs8(curve.signing(), &der).is_ok())
@@ -693,6 +708,16 @@ mod tests {
                 "test-only-rsa2048-encrypted.pem",
                 Algorithm::RS512,
                 "encrypted private keys are not supported",
+            ),
+            (
+                "test-only-rsa2048-legacy-encrypted.pem",
+                Algorithm::RS512,
+                "encrypted private keys are not supported",
+            ),
+            (
+                "test-only-rsa9216-pkcs8.pem",
+                Algorithm::RS512,
+                "more than 8192 bits are not supported",
             ),
             (
                 "test-only-p521-pkcs8.pem",

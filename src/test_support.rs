@@ -15,6 +15,10 @@ pub(crate) fn pem(name: &str) -> &'static str {
         "test-only-rsa2048-encrypted.pem" => {
             include_str!("../tests/data/test-only-rsa2048-encrypted.pem")
         }
+        "test-only-rsa2048-legacy-encrypted.pem" => {
+            include_str!("../tests/data/test-only-rsa2048-legacy-encrypted.pem")
+        }
+        "test-only-rsa9216-pkcs8.pem" => include_str!("../tests/data/test-only-rsa9216-pkcs8.pem"),
         "test-only-rsa3072-pkcs8.pem" => include_str!("../tests/data/test-only-rsa3072-pkcs8.pem"),
         "test-only-rsa1024-pkcs8.pem" => include_str!("../tests/data/test-only-rsa1024-pkcs8.pem"),
         "test-only-cert.pem" => include_str!("../tests/data/test-only-cert.pem"),

@@ -636,3 +636,85 @@ fn keys_load_with_kid_or_thumbprint() {
     assert_eq!(key.kid(), key.thumbprint());
     assert_eq!(key.algorithm(), Algorithm::ES384);
 }
+
+/// What Koppeltaal's reference server refuses and the mock once took: a float or string `iat`
+/// in the future (PyJWT reads time claims with Python's `int()`), and a body that is not a form
+/// (Flask's `request.values` reads only form bodies: the parameters are then missing).
+#[tokio::test]
+async fn the_mock_refuses_odd_time_claims_and_bodies_that_are_not_forms() {
+    let mock = mock().await;
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let pem = support::pem("test-only-rsa2048-pkcs8.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let craft = |extra: serde_json::Value, jti: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS512);
+        header.kid = Some("test-rsa".to_owned());
+        let mut claims = json!({
+            "iss": CLIENT_ID, "sub": CLIENT_ID, "aud": mock.token_endpoint(),
+            "iat": now - 5, "exp": now + 60, "jti": jti,
+        });
+        for (name, value) in extra.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    for (extra, expected) in [
+        (json!({}), StatusCode::OK),
+        (
+            json!({"iat": (now + 10) as f64 + 0.5}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (json!({"iat": (now - 5) as f64 + 0.5}), StatusCode::OK),
+        (
+            json!({"iat": format!("{}", now + 10)}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (json!({"iat": format!("{}", now - 5)}), StatusCode::OK),
+        (json!({"iat": "soon"}), StatusCode::UNAUTHORIZED),
+        (json!({"iat": null}), StatusCode::UNAUTHORIZED),
+        (
+            json!({"nbf": format!(" {} ", now + 10)}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (json!({"exp": format!("{}", now + 60)}), StatusCode::OK),
+        (json!({"exp": [now + 60]}), StatusCode::UNAUTHORIZED),
+    ] {
+        let jwt = craft(extra.clone(), &uuid::Uuid::new_v4().to_string());
+        assert_eq!(
+            post_assertion(&mock, "client_credentials", JWT_BEARER, &jwt).await,
+            expected,
+            "{extra}"
+        );
+    }
+    // A form body sent as text/plain or JSON: no parameters, Access Denied.
+    let jwt = craft(json!({}), "jti-body-1");
+    let form = format!(
+        "grant_type=client_credentials&client_assertion_type={}&client_assertion={jwt}",
+        url::form_urlencoded::byte_serialize(JWT_BEARER.as_bytes()).collect::<String>()
+    );
+    for content_type in ["text/plain", "application/json"] {
+        let response = reqwest::Client::new()
+            .post(mock.token_endpoint())
+            .header("content-type", content_type)
+            .body(form.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{content_type}"
+        );
+        assert_eq!(response.text().await.unwrap(), "Access Denied");
+    }
+    // As Flask does, parameters in the query string count too.
+    let response = reqwest::Client::new()
+        .post(format!("{}?{form}", mock.token_endpoint()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

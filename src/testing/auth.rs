@@ -16,13 +16,34 @@ use super::{MockResponse, Shared, State, Token, TokenRequest};
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Longest assertion lifetime accepted (`exp - now`), as SMART demands.
-const MAX_EXP_AHEAD: u64 = 300;
+const MAX_EXP_AHEAD: i64 = 300;
 
 pub(super) async fn token(
     AxumState(shared): AxumState<Arc<Shared>>,
     method: Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Flask's `request.values`: the query string's parameters first, then the body's, which
+    // count only when it is a form.
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| {
+            media
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let mut values = uri.query().unwrap_or("").as_bytes().to_vec();
+    if form && !body.is_empty() {
+        if !values.is_empty() {
+            values.push(b'&');
+        }
+        values.extend_from_slice(&body);
+    }
+    let body = Bytes::from(values);
     let received_at = Instant::now();
     let delay = {
         let mut state = shared.lock();
@@ -256,19 +277,59 @@ fn verify_assertion(token_endpoint: &str, state: &mut State, jwt: &str) -> Resul
         .now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let number = |name: &str| claims.get(name).and_then(Value::as_u64);
-    let exp = number("exp").ok_or("exp missing or not a number")?;
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    // PyJWT reads each time claim as Python's `int()` would, and refuses what that refuses.
+    let number = |name: &str| -> Result<Option<i64>, String> {
+        claims
+            .get(name)
+            .map(|value| python_int(value).ok_or_else(|| format!("{name} is not a number")))
+            .transpose()
+    };
+    // PyJWT checks `exp` only when present; this mock requires it, as SMART does.
+    let exp = number("exp")?.ok_or("exp missing")?;
     if exp <= now {
         return Err("expired".into());
     }
-    if exp > now + MAX_EXP_AHEAD {
+    if exp > now.saturating_add(MAX_EXP_AHEAD) {
         return Err("exp more than 300 s ahead".into());
     }
-    if number("iat").is_some_and(|iat| iat > now) {
+    if number("iat")?.is_some_and(|iat| iat > now) {
         return Err("iat in the future".into());
     }
-    if number("nbf").is_some_and(|nbf| nbf > now) {
+    if number("nbf")?.is_some_and(|nbf| nbf > now) {
         return Err("nbf in the future".into());
     }
     Ok(iss)
+}
+
+/// A JSON value as Python's `int()` reads it: whole numbers, floats truncated, `true`/`false`
+/// as 1/0, decimal strings (surrounding whitespace, a sign and `_` between digits allowed).
+/// `None` where `int()` raises (null, arrays, objects, other strings, infinite floats).
+fn python_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Bool(flag) => Some(i64::from(*flag)),
+        Value::Number(number) => number.as_i64().or_else(|| {
+            let float = number.as_f64()?;
+            (float.is_finite() && float.abs() < 9.2e18).then(|| float.trunc() as i64)
+        }),
+        Value::String(text) => {
+            let text = text.trim();
+            let (negative, digits) = match text.as_bytes().first() {
+                Some(b'-') => (true, &text[1..]),
+                Some(b'+') => (false, &text[1..]),
+                _ => (false, text),
+            };
+            let valid = !digits.is_empty()
+                && !digits.starts_with('_')
+                && !digits.ends_with('_')
+                && !digits.contains("__")
+                && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return None;
+            }
+            let value: i64 = digits.replace('_', "").parse().ok()?;
+            Some(if negative { -value } else { value })
+        }
+        _ => None,
+    }
 }

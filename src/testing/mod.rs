@@ -10,6 +10,14 @@
 //! for a client marked forbidden. Knobs inject faults; counters and request logs tell what the
 //! servers saw.
 //!
+//! As the reference server, it reads parameters from the query string and from a body only when
+//! it is a form (`application/x-www-form-urlencoded`: a `text/plain` or JSON body carries none),
+//! reads time claims as Python's `int()` does (floats truncated, decimal strings taken, anything
+//! else refused), checks `grant_type` only after the assertion (so a wrong grant type still
+//! spends the `jti`). Deliberate differences: it requires `exp`, at most 300 s ahead (SMART's
+//! rule; the reference server checks `exp` only when present and sets no upper bound), and its
+//! FHIR endpoint can run its own clock (`fhir_clock_offset_secs`).
+//!
 //! # Example
 //!
 //! ```

@@ -7,19 +7,20 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::fs::OpenOptions;
+mod keyfile;
+
 use std::future::{Future, poll_fn};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use keyfile::{load_key, write_private_key};
 use koppeltaal_auth::jwks::JwkSet;
 use koppeltaal_auth::{
-    Algorithm, ClientCredentials, Error, ErrorKind, KeyId, KoppeltaalAuth, SigningKey, TokenSource,
+    Algorithm, ClientCredentials, Error, ErrorKind, KoppeltaalAuth, SigningKey, TokenSource,
 };
 use tower_service::Service;
 
@@ -27,9 +28,10 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the server answered, but not with success (an invalid token response, a non-2xx FHIR status)
-  2  configuration: bad arguments, unreadable or unsuitable key, plain http to a non-loopback host
+  2  configuration: bad arguments, unreadable or unsuitable key, plain http to a non-loopback
+     host, a token endpoint answering 404 or a redirect
   3  network: the server could not be reached, timed out, or answered 5xx/408/429
-  4  rejected credentials: the token endpoint refused the client assertion (400/401)";
+  4  rejected credentials: the token endpoint refused the client assertion (400/401/403)";
 
 /// Koppeltaal 2.0 keys and tokens: SMART Backend Services from the command line.
 #[derive(Parser, Debug)]
@@ -184,7 +186,16 @@ impl From<Error> for Failure {
             ErrorKind::Config | ErrorKind::Key | ErrorKind::CryptoBackend => 2,
             _ if err.is_transient() => 3,
             ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::WaitTimeout => 3,
-            ErrorKind::TokenRejected => 4,
+            // The assertion refused. Any other answer (404 for a mistyped endpoint, 405, a
+            // redirect) means the endpoint is not one: a configuration error.
+            ErrorKind::TokenRejected
+                if err
+                    .status()
+                    .is_none_or(|status| matches!(status.as_u16(), 400 | 401 | 403)) =>
+            {
+                4
+            }
+            ErrorKind::TokenRejected => 2,
             ErrorKind::Discovery if err.status().is_none() => 2,
             _ => 1,
         };
@@ -234,7 +245,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The algorithms Koppeltaal's reference auth server accepts for client assertions.
+const KOPPELTAAL_ALGS: [Algorithm; 3] = [Algorithm::RS384, Algorithm::ES384, Algorithm::RS512];
+
 fn keygen(args: &KeygenArgs) -> Result<(), Failure> {
+    if !KOPPELTAAL_ALGS.contains(&args.alg) {
+        eprintln!(
+            "warning: Koppeltaal's auth server accepts RS384, ES384 and RS512 assertions; a {} \
+             key works only with a server that accepts {0}",
+            args.alg
+        );
+    }
     let mut key = SigningKey::generate(args.alg)?;
     if let Some(kid) = &args.kid {
         key = SigningKey::from_pem_with_algorithm(
@@ -254,55 +275,6 @@ fn keygen(args: &KeygenArgs) -> Result<(), Failure> {
         key.kid()
     );
     Ok(())
-}
-
-/// Creates `path` readable by its owner only; refuses to replace a file unless `force`.
-fn write_private_key(path: &Path, pem: &[u8], force: bool) -> Result<(), Failure> {
-    let mut options = OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        // An existing file keeps its mode on open: tighten it first.
-        if force && path.exists() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|err| failure(2, format!("cannot restrict {}: {err}", path.display())))?;
-        }
-    }
-    let mut file = options.open(path).map_err(|err| {
-        if err.kind() == std::io::ErrorKind::AlreadyExists {
-            failure(
-                2,
-                format!("{} exists; pass --force to overwrite it", path.display()),
-            )
-        } else {
-            failure(2, format!("cannot create {}: {err}", path.display()))
-        }
-    })?;
-    file.write_all(pem)
-        .and_then(|()| file.sync_all())
-        .map_err(|err| failure(2, format!("cannot write {}: {err}", path.display())))
-}
-
-fn load_key(path: &Path, alg: Option<Algorithm>, kid: Option<&str>) -> Result<SigningKey, Failure> {
-    let pem = std::fs::read(path)
-        .map_err(|err| failure(2, format!("cannot read the key {}: {err}", path.display())))?;
-    let kid = kid.map_or(KeyId::Thumbprint, KeyId::from);
-    let key = match alg {
-        Some(alg) => SigningKey::from_pem_with_algorithm(&pem, alg, kid),
-        None => SigningKey::from_pem(&pem, kid),
-    };
-    key.map_err(|err| {
-        let mut failure = Failure::from(err);
-        failure.message = format!("{}: {}", path.display(), failure.message);
-        failure
-    })
 }
 
 fn jwks(args: &JwksArgs) -> Result<(), Failure> {
