@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::jwks::Jwk;
+use crate::key_pem::{self, parse_private_pem};
 
 /// A JWS signing algorithm for the client assertion.
 ///
@@ -69,7 +70,7 @@ impl Curve {
         }
     }
 
-    fn signing(self) -> &'static EcdsaSigningAlgorithm {
+    pub(crate) fn signing(self) -> &'static EcdsaSigningAlgorithm {
         match self {
             Self::P256 => &ECDSA_P256_SHA256_FIXED_SIGNING,
             Self::P384 => &ECDSA_P384_SHA384_FIXED_SIGNING,
@@ -249,7 +250,11 @@ pub(crate) enum PublicParts {
 /// # Security
 ///
 /// `Debug` shows the algorithm and `kid` only; there is no `Display`. The private key is zeroed
-/// when the last clone is dropped.
+/// when the last clone is dropped, and so is every copy this crate makes while loading, signing
+/// or exporting it (`tests/key_memory.rs` scans freed memory for it). Copies made by
+/// dependencies: jsonwebtoken's `EncodingKey` keeps the DER and wipes it on drop; AWS-LC parses
+/// it into its own heap for each signature and wipes what it frees. The PEM text or file bytes
+/// you pass in are yours to wipe ([`from_pem_file`](Self::from_pem_file) wipes what it reads).
 #[derive(Clone)]
 pub struct SigningKey {
     inner: Arc<KeyInner>,
@@ -360,12 +365,11 @@ impl SigningKey {
             )));
         }
         let encoding = match key_type {
-            // jsonwebtoken's RSA signer wants PKCS#1; its PEM reader unwraps PKCS#8 for us.
-            KeyType::Rsa => {
-                let pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", &pkcs8[..])));
-                EncodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|err| Error::key("RSA key rejected").with_source(err))?
-            }
+            // jsonwebtoken's RSA signer wants PKCS#1: the key inside the PKCS#8 wrapper, no copy
+            // (EncodingKey keeps a copy of its own, and wipes it on drop).
+            KeyType::Rsa => EncodingKey::from_rsa_der(
+                key_pem::pkcs1_in_pkcs8(&pkcs8).ok_or_else(|| Error::key("RSA key rejected"))?,
+            ),
             KeyType::Ec(_) => EncodingKey::from_ec_der(&pkcs8),
         };
         // Sign once now, so that a key that cannot sign fails here and not at the first refresh.
@@ -420,10 +424,7 @@ impl SigningKey {
     /// readable by the application (mode 0600).
     #[must_use]
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode(&pem::Pem::new(
-            "PRIVATE KEY",
-            &self.inner.pkcs8[..],
-        )))
+        key_pem::encode("PRIVATE KEY", &self.inner.pkcs8)
     }
 
     pub(crate) fn encoding_key(&self) -> &EncodingKey {
@@ -456,107 +457,6 @@ fn validate_kid(kid: String) -> Result<String, Error> {
         ));
     }
     Ok(kid)
-}
-
-/// Finds the one private key in `input` and returns it as PKCS#8 DER with its type.
-fn parse_private_pem(input: &[u8]) -> Result<(Zeroizing<Vec<u8>>, KeyType), Error> {
-    let blocks = pem::parse_many(input)
-        .map_err(|err| Error::key("the input is not valid PEM").with_source(err))?;
-    let mut private = None;
-    let mut other = None;
-    for block in blocks {
-        match block.tag() {
-            // Legacy (OpenSSL) encryption: a PKCS#1 or SEC1 block with encryption headers.
-            "RSA PRIVATE KEY" | "EC PRIVATE KEY"
-                if block
-                    .headers()
-                    .get("Proc-Type")
-                    .is_some_and(|value| value.contains("ENCRYPTED")) =>
-            {
-                return Err(Error::key(
-                    "encrypted private keys are not supported; decrypt it first \
-                     (openssl pkey -in key.pem -out plain.pem)",
-                ));
-            }
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
-                if private.is_some() {
-                    return Err(Error::key("the PEM input holds more than one private key"));
-                }
-                private = Some(block);
-            }
-            "ENCRYPTED PRIVATE KEY" => {
-                return Err(Error::key(
-                    "encrypted private keys are not supported; decrypt it first \
-                     (openssl pkcs8 -in key.pem -out plain.pem)",
-                ));
-            }
-            // openssl ecparam writes the curve parameters as a block of their own.
-            "EC PARAMETERS" => {}
-            tag => other = other.or_else(|| Some(tag.to_owned())),
-        }
-    }
-    let Some(block) = private else {
-        return Err(match other {
-            Some(tag) if tag.contains("PUBLIC KEY") || tag == "CERTIFICATE" => Error::key(format!(
-                "found a {}, not a private key: the private key belongs here",
-                tag.to_lowercase()
-            )),
-            Some(_) => Error::key("the PEM input holds no private key"),
-            None => Error::key("the input holds no PEM block"),
-        });
-    };
-    let kind = match block.tag() {
-        "RSA PRIVATE KEY" => PemKind::Pkcs1,
-        "EC PRIVATE KEY" => PemKind::Sec1,
-        _ => PemKind::Pkcs8,
-    };
-    let der = Zeroizing::new(block.into_contents());
-    let unsupported = || {
-        Error::key(
-            "unsupported or malformed private key (supported: RSA of 2048 to 8192 bits, EC \
-             P-256, EC P-384)",
-        )
-    };
-    let too_small = || Error::key("RSA keys must have at least 2048 bits");
-    let too_large = || Error::key("RSA keys of more than 8192 bits are not supported");
-    let rsa_error = |err: aws_lc_rs::error::KeyRejected| match err.description_() {
-        "TooSmall" => too_small(),
-        "TooLarge" => too_large(),
-        _ => unsupported(),
-    };
-    match kind {
-        PemKind::Pkcs1 => {
-            let pair = RsaKeyPair::from_der(&der).map_err(rsa_error)?;
-            let pkcs8 = pair.as_der().map_err(|_| unsupported())?;
-            Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), KeyType::Rsa))
-        }
-        PemKind::Sec1 => {
-            for curve in [Curve::P256, Curve::P384] {
-                if let Ok(pair) = EcdsaKeyPair::from_private_key_der(curve.signing(), &der) {
-                    let pkcs8 = pair.to_pkcs8v1().map_err(|_| unsupported())?;
-                    return Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), KeyType::Ec(curve)));
-                }
-            }
-            Err(unsupported())
-        }
-        PemKind::Pkcs8 => match RsaKeyPair::from_pkcs8(&der) {
-            Ok(_) => Ok((der, KeyType::Rsa)),
-            Err(err) if matches!(err.description_(), "TooSmall" | "TooLarge") => {
-                Err(rsa_error(err))
-            }
-            Err(_) => [Curve::P256, Curve::P384]
-                .into_iter()
-                .find(|curve| EcdsaKeyPair::from_pkcs8(curve.signing(), &der).is_ok())
-                .map(|curve| (der, KeyType::Ec(curve)))
-                .ok_or_else(unsupported),
-        },
-    }
-}
-
-enum PemKind {
-    Pkcs1,
-    Sec1,
-    Pkcs8,
 }
 
 /// Reads the type and public half of a PKCS#8 private key.

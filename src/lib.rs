@@ -72,6 +72,7 @@ mod error;
 mod fetch;
 mod head;
 mod key;
+mod key_pem;
 mod keyset;
 mod layer;
 mod redact;

@@ -1,0 +1,132 @@
+//! No private key bytes are left in freed memory by this crate: a global allocator scans every
+//! block as it is freed (or moved by `realloc`) for pieces of the test key (its DER, and its
+//! base64 text) while a key is loaded from PEM and from a file, signs, is exported, and dropped.
+//! Copies inside AWS-LC live on its own heap (`OPENSSL_free` wipes what it frees) and are not
+//! seen here; jsonwebtoken's copy is wiped on drop, which this test covers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// A global allocator cannot be written without `unsafe`; it only reads the blocks it frees.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use koppeltaal_auth::jwks::JwkSet;
+use koppeltaal_auth::{Algorithm, ClientAssertion, SigningKey};
+
+/// Pieces of the key to look for; set before scanning starts.
+static NEEDLES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+static SCANNING: AtomicBool = AtomicBool::new(false);
+static FOUND: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while the scanner itself runs, so that it never scans its own lock.
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+struct Scanning;
+
+/// Counts `block` if it holds a needle.
+///
+/// # Safety
+///
+/// `ptr` must point to `size` readable bytes.
+unsafe fn scan(ptr: *const u8, size: usize) {
+    if !SCANNING.load(Ordering::Relaxed) || BUSY.with(std::cell::Cell::get) {
+        return;
+    }
+    BUSY.with(|busy| busy.set(true));
+    // SAFETY: the caller's contract; the block is still allocated.
+    let block = unsafe { std::slice::from_raw_parts(ptr, size) };
+    if let Ok(needles) = NEEDLES.try_lock()
+        && needles
+            .iter()
+            .any(|needle| block.windows(needle.len()).any(|w| w == &needle[..]))
+    {
+        FOUND.fetch_add(1, Ordering::SeqCst);
+    }
+    BUSY.with(|busy| busy.set(false));
+}
+
+unsafe impl GlobalAlloc for Scanning {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarding the caller's contract to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
+        unsafe { scan(ptr, layout.size()) };
+        // SAFETY: forwarding the caller's contract to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // A moving realloc frees the old block with its contents.
+        // SAFETY: `ptr` is a live block of `layout.size()` bytes.
+        unsafe { scan(ptr, layout.size()) };
+        // SAFETY: forwarding the caller's contract to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Scanning = Scanning;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn no_key_bytes_are_left_in_freed_memory_after_load_sign_export_and_drop() {
+    let pem = std::fs::read_to_string(fixture("test-only-rsa2048-pkcs8.pem")).unwrap();
+    let base64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&base64)
+        .unwrap();
+    // Pieces of the private exponent and the primes (DER bytes 400.. and 700..), and of the
+    // base64 text of the file (a line in the middle).
+    let line = pem.lines().nth(10).unwrap();
+    *NEEDLES.lock().unwrap() = vec![
+        der[400..416].to_vec(),
+        der[700..716].to_vec(),
+        line.as_bytes()[8..32].to_vec(),
+    ];
+    let now = SystemTime::now();
+    let assertion =
+        ClientAssertion::new("client", "https://auth.example.org/oauth2/token").unwrap();
+
+    SCANNING.store(true, Ordering::SeqCst);
+    let key = SigningKey::from_pem(&pem, "test-rsa").unwrap();
+    let from_file = SigningKey::from_pem_file(
+        fixture("test-only-rsa2048-pkcs8.pem"),
+        Algorithm::RS384,
+        "test-rsa-384",
+    )
+    .unwrap();
+    let pkcs1 = SigningKey::from_pem(
+        std::fs::read_to_string(fixture("test-only-rsa2048-pkcs1.pem")).unwrap(),
+        "pkcs1",
+    )
+    .unwrap();
+    for key in [&key, &from_file, &pkcs1] {
+        drop(assertion.sign_at(key, now, "jti-1").unwrap());
+        drop(key.to_pkcs8_pem());
+    }
+    drop(JwkSet::from_keys([&key, &from_file]).unwrap());
+    drop((key, from_file, pkcs1));
+    SCANNING.store(false, Ordering::SeqCst);
+
+    assert_eq!(
+        FOUND.load(Ordering::SeqCst),
+        0,
+        "freed blocks held pieces of the private key"
+    );
+    // The scanner does see a copy that is freed without being wiped.
+    SCANNING.store(true, Ordering::SeqCst);
+    drop(der);
+    SCANNING.store(false, Ordering::SeqCst);
+    assert!(FOUND.load(Ordering::SeqCst) > 0, "the scanner works");
+}
