@@ -2,8 +2,10 @@
 //! OpenID/OAuth 2.0 implementation) and a resource server validating its JWT access tokens, both
 //! from `tests/interop/servers.mjs`.
 //!
-//! Skipped, with a message, unless `KOPPELTAAL_INTEROP=1`, `KOPPELTAAL_INTEROP_FHIR_BASE` and
-//! `KOPPELTAAL_INTEROP_ADMIN` are set; `.ci/run` starts the servers and sets them.
+//! The servers are started by the test process (`support/servers.rs`: `npm ci` in
+//! `tests/interop` the first time, then `node servers.mjs`), or found at
+//! `KOPPELTAAL_INTEROP_FHIR_BASE` and `KOPPELTAAL_INTEROP_ADMIN`. Skipped, with a message, when
+//! Node.js and npm are not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::time::{Duration, SystemTime};
@@ -19,25 +21,17 @@ use koppeltaal_auth::{
 use serde_json::Value;
 use tower::{Layer, ServiceExt};
 
+#[path = "support/servers.rs"]
+mod servers;
+
 struct Servers {
     fhir_base: String,
     admin: String,
 }
 
 fn servers() -> Option<Servers> {
-    let enabled = std::env::var("KOPPELTAAL_INTEROP").is_ok_and(|v| v == "1");
-    let fhir_base = std::env::var("KOPPELTAAL_INTEROP_FHIR_BASE").ok();
-    let admin = std::env::var("KOPPELTAAL_INTEROP_ADMIN").ok();
-    match (enabled, fhir_base, admin) {
-        (true, Some(fhir_base), Some(admin)) => Some(Servers { fhir_base, admin }),
-        _ => {
-            eprintln!(
-                "skipped: the interop servers are not running (set KOPPELTAAL_INTEROP=1, \
-                 KOPPELTAAL_INTEROP_FHIR_BASE and KOPPELTAAL_INTEROP_ADMIN; .ci/run does)"
-            );
-            None
-        }
-    }
+    let (fhir_base, admin) = servers::interop()?;
+    Some(Servers { fhir_base, admin })
 }
 
 fn key(alg: Algorithm) -> SigningKey {

@@ -1,11 +1,13 @@
 //! Fleet mode against a real `redis-server`: instances on separate runtimes (as separate
 //! processes would be) sharing tokens through `RedisTokenStore`.
 //!
-//! Skipped, with a message, unless `KOPPELTAAL_REDIS_URL` is set (`.ci/run` starts a
-//! `redis-server` on a free loopback port and sets it). The outage test starts its own
-//! `redis-server`, so that it can stop it; it is skipped when the binary is missing.
+//! The tests start a `redis-server` on a free loopback port themselves (`support/servers.rs`),
+//! or use `KOPPELTAAL_REDIS_URL`; the outage tests start private ones, so that they can stop
+//! them. Skipped, with a message, when `redis-server` is not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+#[path = "support/servers.rs"]
+mod servers;
 mod support;
 
 use std::process::{Child, Command, Stdio};
@@ -18,17 +20,7 @@ use koppeltaal_auth::testing::MockKoppeltaal;
 use koppeltaal_auth::{KoppeltaalAuth, RedisTokenStore, RefreshPolicy};
 use support::{CLIENT_ID, rsa_key};
 
-fn redis_url() -> Option<String> {
-    let url = std::env::var("KOPPELTAAL_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!(
-            "skipped: no Redis (set KOPPELTAAL_REDIS_URL, e.g. redis://127.0.0.1:6379; .ci/run does)"
-        );
-    }
-    url
-}
+use servers::redis_url;
 
 /// A unique key prefix per test, so that tests sharing one Redis do not meet.
 fn prefix() -> String {

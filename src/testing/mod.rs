@@ -14,9 +14,12 @@
 //! it is a form (`application/x-www-form-urlencoded`: a `text/plain` or JSON body carries none),
 //! reads time claims as Python's `int()` does (floats truncated, decimal strings taken, anything
 //! else refused), checks `grant_type` only after the assertion (so a wrong grant type still
-//! spends the `jti`). Deliberate differences: it requires `exp`, at most 300 s ahead (SMART's
-//! rule; the reference server checks `exp` only when present and sets no upper bound), and its
-//! FHIR endpoint can run its own clock (`fhir_clock_offset_secs`).
+//! spends the `jti`). `tests/reference.rs` checks this against the reference server itself, with
+//! a table of crafted requests. Deliberate differences: it requires `exp`, at most 300 s ahead
+//! (SMART's rule; the reference server checks `exp` only when present and sets no upper bound);
+//! `grant_type=authorization_code` without a code is `400 Bad Request` (the reference server runs
+//! its authorization-code flow and fails with `500`); and its FHIR endpoint can run its own clock
+//! (`fhir_clock_offset_secs`) and take another issuer's tokens (`trust_issuer`).
 //!
 //! # Example
 //!
@@ -43,6 +46,7 @@
 
 mod auth;
 mod body;
+mod external;
 mod fake;
 mod fhir;
 mod memory_store;
@@ -222,6 +226,8 @@ struct State {
     token_lifetime: Duration,
     clock_offset_secs: i64,
     fhir_clock_offset_secs: i64,
+    /// An issuer whose tokens the FHIR endpoint takes too.
+    external: Option<external::ExternalIssuer>,
     seen_jti: HashSet<String>,
     tokens: HashMap<String, Token>,
     faults: VecDeque<MockResponse>,
@@ -320,6 +326,7 @@ impl MockKoppeltaalBuilder {
                 token_lifetime: self.token_lifetime,
                 clock_offset_secs: self.clock_offset_secs,
                 fhir_clock_offset_secs: self.fhir_clock_offset_secs,
+                external: None,
                 seen_jti: HashSet::new(),
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
@@ -428,6 +435,19 @@ impl MockKoppeltaal {
     pub fn register_key(&self, client_id: &str, key: &SigningKey) {
         let jwks = JwkSet::from_keys([key]).unwrap_or_default();
         self.register_client(client_id, &jwks);
+    }
+
+    /// Makes the FHIR endpoint also take tokens from another auth server, checked as
+    /// Koppeltaal's HAPI server checks them: an RS512 JWT signed with a key from the JWK Set at
+    /// `jwks_url` (fetched on first use), `iss` equal to `issuer`, `aud` `fhir-server`, 60 s of
+    /// leeway on `exp`, none on `iat`/`nbf`; a plain `401` otherwise. For tests against a real
+    /// auth server, such as Koppeltaal's reference server.
+    pub fn trust_issuer(&self, issuer: &str, jwks_url: &str) {
+        self.shared.lock().external = Some(external::ExternalIssuer {
+            issuer: issuer.to_owned(),
+            jwks_url: jwks_url.to_owned(),
+            jwks: None,
+        });
     }
 
     /// Marks a client forbidden: its tokens are issued, but FHIR requests get `403`.

@@ -247,3 +247,10 @@ const ready = JSON.stringify({
 });
 console.log(ready);
 if (process.argv[2]) writeFileSync(process.argv[2], ready);
+
+// Started by a test process (tests/support/servers.rs): end with it, when it closes our input.
+if (process.env.KOPPELTAAL_EXIT_ON_STDIN_CLOSE) {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('close', () => process.exit(0));
+  process.stdin.resume();
+}

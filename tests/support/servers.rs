@@ -1,0 +1,192 @@
+//! Real servers the tests start themselves when their programs are installed: a shared
+//! `redis-server`, and the interop servers (`oidc-provider` and its resource server, from
+//! `tests/interop/servers.mjs`). Each is started once per test process, on a free loopback
+//! port, and ends with that process: its standard input is a pipe only this process holds, and
+//! the server (or the shell that runs it) exits when the pipe closes, also when a test fails. An
+//! environment variable can point the tests at a server already running instead. When a program
+//! is missing, the tests say `SKIPPED: <why>, install <what>` and pass.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// A process that ends with this one.
+pub struct Watched {
+    _child: Mutex<(Child, ChildStdin)>,
+}
+
+impl Watched {
+    fn spawn(command: &mut Command) -> Result<Self, String> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|err| err.to_string())?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        Ok(Self {
+            _child: Mutex::new((child, stdin)),
+        })
+    }
+}
+
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn skipped(why: &str) {
+    eprintln!("SKIPPED: {why}");
+}
+
+/// The Redis URL for the fleet tests: `KOPPELTAAL_REDIS_URL`, or a `redis-server` this
+/// process starts.
+pub fn redis_url() -> Option<String> {
+    if let Some(url) = std::env::var("KOPPELTAAL_REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    {
+        return Some(url);
+    }
+    static REDIS: OnceLock<Result<(String, Watched), String>> = OnceLock::new();
+    match REDIS.get_or_init(start_redis) {
+        Ok((url, _)) => Some(url.clone()),
+        Err(why) => {
+            skipped(why);
+            None
+        }
+    }
+}
+
+fn start_redis() -> Result<(String, Watched), String> {
+    if !installed("redis-server") {
+        return Err(
+            "redis-server is not installed, install redis-server (apt-get install redis-server), \
+             or set KOPPELTAAL_REDIS_URL"
+                .into(),
+        );
+    }
+    let port = free_port();
+    // `redis-server` does not watch its input: a shell does, and stops it.
+    let watched = Watched::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg("redis-server \"$@\" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null")
+            .arg("sh")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((format!("redis://127.0.0.1:{port}"), watched));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Err("redis-server did not start".into())
+}
+
+/// The interop servers' FHIR base and admin URL: `KOPPELTAAL_INTEROP_FHIR_BASE` and
+/// `KOPPELTAAL_INTEROP_ADMIN`, or `tests/interop/servers.mjs` started by this process (after
+/// `npm ci` there, the first time).
+pub fn interop() -> Option<(String, String)> {
+    if let (Ok(base), Ok(admin)) = (
+        std::env::var("KOPPELTAAL_INTEROP_FHIR_BASE"),
+        std::env::var("KOPPELTAAL_INTEROP_ADMIN"),
+    ) {
+        return Some((base, admin));
+    }
+    static INTEROP: OnceLock<Result<(String, String, Watched), String>> = OnceLock::new();
+    match INTEROP.get_or_init(start_interop) {
+        Ok((base, admin, _)) => Some((base.clone(), admin.clone())),
+        Err(why) => {
+            skipped(why);
+            None
+        }
+    }
+}
+
+fn start_interop() -> Result<(String, String, Watched), String> {
+    if !installed("node") || !installed("npm") {
+        return Err("node and npm are not installed, install nodejs and npm".into());
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    npm_ci(&dir)?;
+    let ready = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("interop-{}.json", uuid::Uuid::new_v4().simple()));
+    let watched = Watched::spawn(
+        Command::new("node")
+            .arg(dir.join("servers.mjs"))
+            .arg(&ready)
+            .env("KOPPELTAAL_EXIT_ON_STDIN_CLOSE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let _ = std::fs::remove_file(&ready);
+            let field = |name: &str| json[name].as_str().unwrap_or_default().to_owned();
+            return Ok((field("fhir_base"), field("admin"), watched));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("the interop servers did not start (node tests/interop/servers.mjs)".into())
+}
+
+/// `npm ci` in `dir` unless its packages are there; one process at a time (a lock file).
+fn npm_ci(dir: &Path) -> Result<(), String> {
+    let installed = || dir.join("node_modules/oidc-provider/package.json").exists();
+    if installed() {
+        return Ok(());
+    }
+    let lock = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-npm-ci.lock");
+    let _ = std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR"));
+    for _ in 0..1_200 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let result = if installed() {
+                    Ok(())
+                } else {
+                    Command::new("npm")
+                        .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                        .current_dir(dir)
+                        .status()
+                        .map_err(|err| err.to_string())
+                        .and_then(|status| {
+                            if status.success() {
+                                Ok(())
+                            } else {
+                                Err("npm ci failed in tests/interop (is the npm registry \
+                                     reachable?)"
+                                    .to_owned())
+                            }
+                        })
+                };
+                let _ = std::fs::remove_file(&lock);
+                return result;
+            }
+            Err(_) if installed() => return Ok(()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    Err("timed out waiting for another process's npm ci".into())
+}
