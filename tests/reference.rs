@@ -50,8 +50,6 @@ async fn every_algorithm_it_accepts_gets_a_token_through_the_cell() {
         );
     }
     // Registered by public key (RS512 only) rather than JWKS URL.
-    let public = source(server, "rs512", server.client("rs512").key());
-    let _ = public;
     let by_public_key = ClientCredentials::builder()
         .client_id("kt-public-key")
         .token_endpoint(&server.token_endpoint)

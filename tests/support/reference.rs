@@ -18,6 +18,9 @@ use std::time::Duration;
 use koppeltaal_auth::jwks::JwksService;
 use koppeltaal_auth::{Algorithm, KeyId, KeySet, SigningKey};
 
+// The test binaries that include this module also declare `mod support`.
+use crate::support::pem;
+
 /// A registered client.
 pub struct Client {
     pub id: String,
@@ -59,11 +62,6 @@ impl Reference {
     pub fn issuer(&self) -> String {
         self.base.clone()
     }
-}
-
-fn pem(name: &str) -> String {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
 fn key(file: &str, alg: Algorithm, kid: &str) -> SigningKey {
