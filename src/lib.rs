@@ -48,12 +48,14 @@
 //! - [`smart`]: discovery of the token endpoint from the FHIR base;
 //! - [`ClientCredentials`], a [`TokenSource`]: the token request itself;
 //! - [`TokenCell`]: the shared, self-refreshing token;
+//! - [`trace`]: Koppeltaal's trace headers (`X-Request-Id`, `X-Trace-Id`, `X-Correlation-Id`)
+//!   with [`KoppeltaalTraceLayer`] and [`TraceContext`];
 //! - [`Authenticator`] (from [`KoppeltaalAuth::builder`]): configuration, and the layer, the
 //!   middleware and the cell built from it.
 //!
 //! # Feature flags
 //!
-//! - `reqwest-middleware`: `KoppeltaalAuthMiddleware`.
+//! - `reqwest-middleware`: `KoppeltaalAuthMiddleware` and `KoppeltaalTraceMiddleware`.
 //! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
 //!   loopback, and `testing::FakeTokenSource`, for tests.
 //! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`.
@@ -85,6 +87,7 @@ pub mod jwks;
 pub mod smart;
 pub mod store;
 pub mod token;
+pub mod trace;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -113,11 +116,14 @@ pub use crate::service::KoppeltaalAuth;
 pub use crate::token::{
     AccessToken, CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
 };
+pub use crate::trace::{KoppeltaalTraceLayer, TraceContext};
 
 #[cfg(feature = "reqwest-middleware")]
 pub use crate::middleware::KoppeltaalAuthMiddleware;
 #[cfg(feature = "redis")]
 pub use crate::redis_store::RedisTokenStore;
+#[cfg(feature = "reqwest-middleware")]
+pub use crate::trace::KoppeltaalTraceMiddleware;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

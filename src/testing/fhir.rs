@@ -124,6 +124,14 @@ pub(super) async fn resource(
         StatusCode::FORBIDDEN => state.stats.fhir_forbidden += 1,
         _ => {}
     }
+    let trace = super::notify::recorded_ids(&headers);
+    let answered = response
+        .header(
+            "x-request-id",
+            trace.request_id().map_or("", |id| id.as_str()),
+        )
+        .header("x-trace-id", trace.trace_id().map_or("", |id| id.as_str()));
+    let status = answered.status;
     state.fhir_log.push(ReceivedRequest {
         method,
         path_and_query: uri
@@ -132,10 +140,11 @@ pub(super) async fn resource(
         headers,
         body,
         token_number,
-        status: response.status,
+        status,
+        trace,
     });
     drop(state);
-    response
+    answered
         .header("date", &httpdate::fmt_http_date(fhir_now))
         .into_response()
 }

@@ -21,6 +21,11 @@
 //! its authorization-code flow and fails with `500`); and its FHIR endpoint can run its own clock
 //! (`fhir_clock_offset_secs`) and take another issuer's tokens (`trust_issuer`).
 //!
+//! Like Koppeltaal's HAPI server, the FHIR endpoint answers every request with its
+//! `X-Request-Id` and `X-Trace-Id` (a new UUID for each that was missing) and records the three
+//! trace ids ([`ReceivedRequest::trace`]); [`MockKoppeltaal::notify`] sends a subscription-style
+//! notification carrying them on, to test a notification handler end to end.
+//!
 //! # Example
 //!
 //! ```
@@ -50,6 +55,7 @@ mod external;
 mod fake;
 mod fhir;
 mod memory_store;
+mod notify;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -68,6 +74,7 @@ use crate::key::{Algorithm, SigningKey};
 pub use body::MockResponse;
 pub use fake::FakeTokenSource;
 pub use memory_store::MemoryTokenStore;
+pub use notify::SentNotification;
 
 /// `at` moved by `seconds` (a century either way at most, so that nothing overflows).
 fn shift(at: SystemTime, seconds: i64) -> SystemTime {
@@ -157,6 +164,10 @@ pub struct ReceivedRequest {
     pub token_number: Option<u64>,
     /// What the mock answered.
     pub status: StatusCode,
+    /// The trace ids the FHIR server recorded for it, as Koppeltaal's does: the request's
+    /// `X-Request-Id` and `X-Trace-Id` (each a new UUID when the request had none, or one that
+    /// is not a FHIR id), and its `X-Correlation-Id`. The response carried the first two.
+    pub trace: crate::trace::TraceIds,
 }
 
 /// A token request the token endpoint received; see [`MockKoppeltaal::token_requests`].
@@ -238,6 +249,7 @@ struct State {
     stats: MockStats,
     fhir_log: Vec<ReceivedRequest>,
     token_log: Vec<TokenRequest>,
+    notification_log: Vec<SentNotification>,
 }
 
 impl Shared {
@@ -337,6 +349,7 @@ impl MockKoppeltaalBuilder {
                 stats: MockStats::default(),
                 fhir_log: Vec::new(),
                 token_log: Vec::new(),
+                notification_log: Vec::new(),
             }),
         });
         let router = axum::Router::new()
