@@ -25,9 +25,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group};
@@ -36,60 +36,16 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use koppeltaal_auth::testing::{FakeTokenSource, MockKoppeltaal};
 use koppeltaal_auth::{
-    Algorithm, Authenticator, ClientAssertion, ClientCredentials, KoppeltaalAuth, RefreshPolicy,
-    SigningKey, TokenSource,
+    Algorithm, ClientAssertion, ClientCredentials, KoppeltaalAuth, RefreshPolicy, SigningKey,
+    TokenSource,
 };
 
 mod common;
+use common::warm::{call_now, inner, interleaved, warm_authenticator};
 use common::{
-    Body, CloneForRetry, DAY, e2e_ratio, loopback_fhir_server, median, request, request_to,
+    BASE, Body, CloneForRetry, DAY, e2e_ratio, loopback_fhir_server, median, request, request_to,
 };
 use tower::{Layer, Service, ServiceExt};
-
-const BASE: &str = "https://fhir.example.org/fhir/DEFAULT";
-
-/// The innermost service: answers at once.
-fn inner()
--> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|request: Request<Body>| {
-        black_box(&request);
-        std::future::ready(Ok::<_, Infallible>(Response::new(Body::default())))
-    })
-}
-
-/// Drives a service call that completes without waiting, with no executor in the measurement.
-/// Never inlined, so that profiles (callgrind) show the cost of one call as one function.
-#[inline(never)]
-fn call_now<S: Service<Request<Body>>>(service: &mut S, request: Request<Body>) -> S::Response
-where
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-    let mut future = pin!(service.call(request));
-    loop {
-        if let Poll::Ready(response) = future.as_mut().poll(&mut cx) {
-            return response.unwrap();
-        }
-    }
-}
-
-/// An authenticator with a warm 24 h token from a fake source, its background task on `runtime`.
-fn warm_authenticator(runtime: &tokio::runtime::Runtime, replay: bool) -> Authenticator {
-    runtime.block_on(async {
-        let auth = KoppeltaalAuth::builder()
-            .fhir_base_url(BASE)
-            .token_source(FakeTokenSource::new().with_lifetime(DAY))
-            .replay_on_401(replay)
-            .build()
-            .unwrap();
-        auth.ready().await.unwrap();
-        auth
-    })
-}
 
 fn warm_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -545,50 +501,6 @@ fn refresh_boundary_report() {
     );
 }
 
-/// Median nanoseconds per call of two services over `rounds` rounds of `batch` calls each, and
-/// the median of the per-round ratios (a / b), interleaved round by round (alternating which
-/// goes first), so that both see the same machine state (this machine's load drifts from one
-/// criterion benchmark to the next more than the differences measured). As in criterion's
-/// `iter_batched`, requests are built and responses dropped outside the timing.
-fn interleaved<A, B>(a: &mut A, b: &mut B, batch: usize, rounds: usize) -> (f64, f64, f64)
-where
-    A: Service<Request<Body>>,
-    A::Error: std::fmt::Debug,
-    B: Service<Request<Body>>,
-    B::Error: std::fmt::Debug,
-{
-    fn round<S>(service: &mut S, batch: usize) -> f64
-    where
-        S: Service<Request<Body>>,
-        S::Error: std::fmt::Debug,
-    {
-        let requests: Vec<_> = (0..batch).map(|_| request()).collect();
-        let mut responses = Vec::with_capacity(batch);
-        let start = Instant::now();
-        for request in requests {
-            responses.push(call_now(service, request));
-        }
-        let elapsed = start.elapsed();
-        drop(responses);
-        elapsed.as_nanos() as f64 / batch as f64
-    }
-    let (mut xs, mut ys, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for n in 0..rounds {
-        // Alternate which side goes first.
-        let (x, y) = if n % 2 == 0 {
-            let x = round(a, batch);
-            (x, round(b, batch))
-        } else {
-            let y = round(b, batch);
-            (round(a, batch), y)
-        };
-        xs.push(x);
-        ys.push(y);
-        ratios.push(x / y);
-    }
-    (median(xs), median(ys), median(ratios))
-}
-
 /// Warm-path ratios measured interleaved (see `interleaved`), the numbers the targets are
 /// checked against.
 fn warm_path_ratios() {
@@ -604,13 +516,13 @@ fn warm_path_ratios() {
     );
     let mut floor = static_auth.layer(inner());
     let mut ours = no_replay.layer().layer(inner());
-    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds);
+    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds, request);
     println!(
         "  koppeltaal_auth_no_replay {ns_ours:7.1} ns / add_authorization {ns_floor:7.1} ns: {ratio:.3} (target <= 1.10)"
     );
     let mut floor = CloneForRetry(static_auth.layer(inner()));
     let mut ours = replay.layer().layer(inner());
-    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds);
+    let (ns_ours, ns_floor, ratio) = interleaved(&mut ours, &mut floor, batch, rounds, request);
     println!(
         "  koppeltaal_auth {ns_ours:7.1} ns / add_authorization_replayable {ns_floor:7.1} ns: {ratio:.3} (target <= 1.05)"
     );

@@ -17,7 +17,12 @@ use koppeltaal_auth::{Authenticator, KoppeltaalAuth};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
+pub(crate) mod warm;
+
 pub(crate) type Body = Full<Bytes>;
+
+/// The FHIR base of the in-process benches.
+pub(crate) const BASE: &str = "https://fhir.example.org/fhir/DEFAULT";
 
 pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 
