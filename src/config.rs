@@ -94,6 +94,13 @@ impl Authenticator {
         self.shared.cell.ready().await
     }
 
+    /// The token's [`Health`](crate::Health), for readiness probes; see
+    /// [`TokenCell::health`].
+    #[must_use]
+    pub fn health(&self) -> crate::Health {
+        self.shared.cell.health()
+    }
+
     /// The cell's counters.
     #[must_use]
     pub fn stats(&self) -> CellStats {

@@ -114,7 +114,8 @@ pub use crate::layer::KoppeltaalAuthLayer;
 pub use crate::replay::{NotReplayable, ReplayBody, Replayable};
 pub use crate::service::KoppeltaalAuth;
 pub use crate::token::{
-    AccessToken, CellStats, ClientCredentials, RefreshPolicy, TokenCell, TokenHeader, TokenSource,
+    AccessToken, CellStats, ClientCredentials, Health, RefreshPolicy, TokenCell, TokenHeader,
+    TokenSource,
 };
 pub use crate::trace::{KoppeltaalTraceLayer, TraceContext};
 

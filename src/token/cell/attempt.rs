@@ -35,6 +35,7 @@ impl Shared {
                     Ok(()) => {
                         self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
                         sched.failures = 0;
+                        sched.failing_since = None;
                         sched.last_error = None;
                         sched.not_before = sched.not_before.filter(|until| now < *until);
                         tracing::debug!(
@@ -72,6 +73,7 @@ impl Shared {
     fn back_off(&self, sched: &mut Sched, now: Instant, error: &Error, elapsed_ms: u64) {
         self.counters.fetches_failed.fetch_add(1, Ordering::Relaxed);
         sched.failures = sched.failures.saturating_add(1);
+        sched.failing_since.get_or_insert(now);
         let delay = self
             .policy
             .backoff_for(sched.failures, error, random_fraction());

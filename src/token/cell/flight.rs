@@ -41,6 +41,8 @@ pub(super) struct Sched {
     flight: Option<Flight>,
     flights: u64,
     pub(super) failures: u32,
+    /// When the first of the current run of failures happened; `None` after a success.
+    pub(super) failing_since: Option<Instant>,
     pub(super) not_before: Option<Instant>,
     /// The last attempt's error, handed to callers during the backoff. `None` after a success,
     /// and after an attempt that was cut off (callers then wait out the backoff instead).
