@@ -58,7 +58,7 @@
 //! - `reqwest-middleware`: `KoppeltaalAuthMiddleware` and `KoppeltaalTraceMiddleware`.
 //! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
 //!   loopback, and `testing::FakeTokenSource`, for tests.
-//! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`.
+//! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`, `mock`.
 //! - `redis`: `RedisTokenStore`, one token per lifetime for a whole deployment (see [`store`]).
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523

@@ -278,6 +278,7 @@ pub struct MockKoppeltaalBuilder {
     allowed_algs: Vec<Algorithm>,
     clock_offset_secs: i64,
     fhir_clock_offset_secs: i64,
+    port: u16,
 }
 
 impl Default for MockKoppeltaalBuilder {
@@ -287,6 +288,7 @@ impl Default for MockKoppeltaalBuilder {
             allowed_algs: vec![Algorithm::RS384, Algorithm::ES384, Algorithm::RS512],
             clock_offset_secs: 0,
             fhir_clock_offset_secs: 0,
+            port: 0,
         }
     }
 }
@@ -322,13 +324,20 @@ impl MockKoppeltaalBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving.
+    /// The loopback port to listen on; 0 (the default) takes a free one (see
+    /// [`MockKoppeltaal::addr`]). The mock never listens beyond loopback.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Binds `127.0.0.1` on the port (a free one by default) and starts serving.
     ///
     /// # Errors
     ///
     /// When the socket cannot be bound.
     pub async fn start(self) -> std::io::Result<MockKoppeltaal> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             token_endpoint: format!("http://{addr}{TOKEN_PATH}"),

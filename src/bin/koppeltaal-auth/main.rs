@@ -4,10 +4,12 @@
 //! koppeltaal-auth keygen --alg RS512 --out client-key.pem > jwks.json
 //! koppeltaal-auth token --client-id ... --key client-key.pem --fhir-base https://...
 //! koppeltaal-auth get --client-id ... --key client-key.pem --fhir-base https://... https://.../Patient?_count=1
+//! koppeltaal-auth mock --port 8099 --client my-app=jwks.json
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod keyfile;
+mod mock;
 
 use std::future::{Future, poll_fn};
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ enum Command {
     Token(TokenArgs),
     /// GET a URL through KoppeltaalAuthLayer and print the status and body.
     Get(GetArgs),
+    /// Run a mock Koppeltaal (auth server, discovery, FHIR endpoint) on loopback until Ctrl-C.
+    Mock(mock::MockArgs),
 }
 
 fn parse_alg(s: &str) -> Result<Algorithm, String> {
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
             Command::Jwks(args) => jwks(&args),
             Command::Token(args) => token(&args).await,
             Command::Get(args) => get(&args).await,
+            Command::Mock(args) => mock::mock(&args).await,
         }
     });
     match result {
