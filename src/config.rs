@@ -163,6 +163,8 @@ pub struct KoppeltaalAuthBuilder {
     source: Option<Box<dyn TokenSource>>,
     shared_store: Option<Box<dyn SharedStore>>,
     store_policy: StorePolicy,
+    #[cfg(feature = "opentelemetry")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl fmt::Debug for KoppeltaalAuthBuilder {
@@ -210,6 +212,16 @@ impl KoppeltaalAuthBuilder {
     /// Sets the token endpoint, overriding discovery. Used byte for byte as the assertion `aud`.
     pub fn token_endpoint(mut self, url: impl Into<String>) -> Self {
         self.credentials = self.credentials.token_endpoint(url);
+        self
+    }
+
+    /// Publishes the cell's OpenTelemetry metrics through `meter` (feature `opentelemetry`;
+    /// the table of instruments is in the README). Attributes name the token endpoint's host
+    /// (`server.address`) and the client id (`koppeltaal.client_id`), never a secret.
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
         self
     }
 
@@ -378,14 +390,30 @@ impl KoppeltaalAuthBuilder {
             );
             (shared.for_key(&key), self.store_policy)
         });
-        let cell = match (self.source, &endpoint) {
-            (Some(source), _) => TokenCell::build(source, self.policy, store),
+        #[cfg(feature = "opentelemetry")]
+        let attributes =
+            crate::metrics::cell_attributes(endpoint.as_deref(), self.credentials.get_client_id());
+        let source: Box<dyn TokenSource> = match (self.source, &endpoint) {
+            (Some(source), _) => source,
             (None, Some(endpoint)) => {
-                let credentials = self.credentials.token_endpoint(endpoint.clone()).build()?;
-                TokenCell::build(Box::new(credentials), self.policy, store)
+                Box::new(self.credentials.token_endpoint(endpoint.clone()).build()?)
             }
             (None, None) => return Err(Error::config("token_endpoint is required")),
         };
+        #[cfg(feature = "opentelemetry")]
+        let source: Box<dyn TokenSource> = match &self.meter {
+            Some(meter) => Box::new(crate::metrics::MeteredSource::new(
+                source,
+                meter,
+                &attributes,
+            )),
+            None => source,
+        };
+        let cell = TokenCell::build(source, self.policy, store);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(meter) = &self.meter {
+            crate::metrics::observe(&cell, meter, &attributes);
+        }
         Ok(Authenticator {
             shared: Arc::new(AuthShared {
                 cell,

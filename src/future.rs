@@ -285,6 +285,7 @@ where
         };
         // The answer before is not read.
         drop(last);
+        cell.count_replay();
         let response = send_again(copy, token.clone()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             tracing::debug!(generation = token.generation(), "replayed after a 401");

@@ -60,6 +60,7 @@
 //!   loopback, and `testing::FakeTokenSource`, for tests.
 //! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`, `mock`.
 //! - `redis`: `RedisTokenStore`, one token per lifetime for a whole deployment (see [`store`]).
+//! - `opentelemetry`: the cell's OpenTelemetry metrics (`KoppeltaalAuthBuilder::meter`).
 //!
 //! [RFC 7523]: https://www.rfc-editor.org/rfc/rfc7523
 //! [tower]: https://docs.rs/tower
@@ -77,6 +78,8 @@ mod key;
 mod key_pem;
 mod keyset;
 mod layer;
+#[cfg(feature = "opentelemetry")]
+mod metrics;
 mod redact;
 mod replay;
 mod scope;

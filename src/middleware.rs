@@ -129,6 +129,7 @@ impl Middleware for KoppeltaalAuthMiddleware {
             again
                 .headers_mut()
                 .insert(AUTHORIZATION, token.value().clone());
+            cell.count_replay();
             let response = next.clone().run(again, extensions).await?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 cell.confirm(token.generation());

@@ -230,13 +230,23 @@ impl Shared {
     }
 
     /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
-    /// until the policy's wait timeout.
+    /// until the policy's wait timeout. Counts the wait and its time.
     pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(no_runtime());
         }
-        self.ensure_refresher();
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.wait_for_token(after).await;
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters
+            .wait_nanos
+            .fetch_add(waited, Ordering::Relaxed);
+        result
+    }
+
+    async fn wait_for_token(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
+        self.ensure_refresher();
         let deadline = later(Instant::now(), self.policy.wait_timeout);
         let timed_out = |why: &str| {
             Error::new(

@@ -70,4 +70,8 @@ pub struct CellStats {
     pub adopted_from_store: u64,
     /// Refreshes that fetched alone because the shared store was unavailable.
     pub store_unavailable: u64,
+    /// Requests sent again after a `401` (by the layer or the middleware).
+    pub replays: u64,
+    /// Total time callers spent waiting for a token (see `waits`).
+    pub wait_time: Duration,
 }

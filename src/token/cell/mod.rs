@@ -133,6 +133,8 @@ struct Counters {
     invalidations: AtomicU64,
     adopted: AtomicU64,
     store_unavailable: AtomicU64,
+    replays: AtomicU64,
+    wait_nanos: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -315,12 +317,38 @@ impl TokenCell {
             consecutive_failures,
             adopted_from_store: counters.adopted.load(Ordering::Relaxed),
             store_unavailable: counters.store_unavailable.load(Ordering::Relaxed),
+            replays: counters.replays.load(Ordering::Relaxed),
+            wait_time: std::time::Duration::from_nanos(counters.wait_nanos.load(Ordering::Relaxed)),
         }
     }
 
     /// The policy.
     pub fn policy(&self) -> &RefreshPolicy {
         &self.shared.policy
+    }
+
+    /// Counts a request sent again after a `401` (for [`CellStats::replays`]).
+    pub(crate) fn count_replay(&self) {
+        self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handle that does not keep the cell alive.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakCell {
+        WeakCell(Arc::downgrade(&self.shared))
+    }
+}
+
+/// A [`TokenCell`] that is not kept alive by this handle.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+pub(crate) struct WeakCell(Weak<Shared>);
+
+#[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+impl WeakCell {
+    /// The cell, if any handle on it is left.
+    pub(crate) fn upgrade(&self) -> Option<TokenCell> {
+        self.0.upgrade().map(|shared| TokenCell { shared })
     }
 }
 

@@ -1,0 +1,271 @@
+//! The cell's OpenTelemetry metrics (feature `opentelemetry`), collected with the SDK's
+//! in-memory exporter while a client goes through a token's life against `MockKoppeltaal`:
+//! token requests by outcome, their duration, renewals and replays after a `401`, waits, time
+//! to expiry; the attributes identify the cell and carry no secret.
+#![cfg(feature = "opentelemetry")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use koppeltaal_auth::{KoppeltaalAuth, RefreshPolicy};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use support::{CLIENT_ID, mock, rsa_key};
+use tower::{ServiceBuilder, ServiceExt};
+
+/// One data point: its attributes (sorted) and its value (a count, a sum or a gauge reading;
+/// for a histogram, its count).
+#[derive(Debug)]
+struct Point {
+    attributes: BTreeMap<String, String>,
+    value: f64,
+    sum: f64,
+}
+
+/// Every metric the provider collected last, by name, with its unit.
+fn collect(
+    provider: &SdkMeterProvider,
+    exporter: &InMemoryMetricExporter,
+) -> BTreeMap<String, (String, Vec<Point>)> {
+    provider.force_flush().unwrap();
+    let exported = exporter.get_finished_metrics().unwrap();
+    let last = exported.last().expect("metrics were exported");
+    let mut out = BTreeMap::new();
+    for scope in last.scope_metrics() {
+        for metric in scope.metrics() {
+            let attributes = |kvs: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+                kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            let points: Vec<Point> = match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => sum
+                    .data_points()
+                    .map(|p| Point {
+                        attributes: attributes(&mut p.attributes()),
+                        value: p.value() as f64,
+                        sum: p.value() as f64,
+                    })
+                    .collect(),
+                AggregatedMetrics::F64(MetricData::Sum(sum)) => sum
+                    .data_points()
+                    .map(|p| Point {
+                        attributes: attributes(&mut p.attributes()),
+                        value: p.value(),
+                        sum: p.value(),
+                    })
+                    .collect(),
+                AggregatedMetrics::F64(MetricData::Gauge(gauge)) => gauge
+                    .data_points()
+                    .map(|p| Point {
+                        attributes: attributes(&mut p.attributes()),
+                        value: p.value(),
+                        sum: p.value(),
+                    })
+                    .collect(),
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => histogram
+                    .data_points()
+                    .map(|p| Point {
+                        attributes: attributes(&mut p.attributes()),
+                        value: p.count() as f64,
+                        sum: p.sum(),
+                    })
+                    .collect(),
+                other => panic!("unexpected data for {}: {other:?}", metric.name()),
+            };
+            out.insert(metric.name().to_owned(), (metric.unit().to_owned(), points));
+        }
+    }
+    out
+}
+
+/// The value of the point of `name` whose attributes include `with`.
+fn value(
+    metrics: &BTreeMap<String, (String, Vec<Point>)>,
+    name: &str,
+    with: &[(&str, &str)],
+) -> f64 {
+    let (_, points) = metrics
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name}: {metrics:#?}"));
+    points
+        .iter()
+        .filter(|p| {
+            with.iter()
+                .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|p| p.value)
+        .sum()
+}
+
+fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::default()).unwrap()
+}
+
+#[tokio::test]
+async fn the_instruments_follow_a_token_through_its_life() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let mock = mock().await;
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(CLIENT_ID)
+        .signing_key(rsa_key())
+        .refresh_policy(
+            RefreshPolicy::default().backoff(Duration::from_millis(10), Duration::from_millis(10)),
+        )
+        .meter(provider.meter("koppeltaal-auth-test"))
+        .discover()
+        .await
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(auth.layer())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let url = format!("{}/Patient/1", mock.fhir_base_url());
+
+    // The first request waits for the first token.
+    let response = client.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // A revoked token: one renewal, one replay.
+    mock.revoke_all_tokens();
+    let response = client.clone().oneshot(get(&url)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The token endpoint fails once (503): a transient error, then a token again.
+    mock.fail_next_token_requests(1, StatusCode::SERVICE_UNAVAILABLE, None);
+    let generation = auth.stats().generation;
+    assert!(auth.cell().invalidate(generation));
+    assert!(auth.token().await.is_err());
+    // The background refresher retries after the backoff (10 ms here) and succeeds.
+    for _ in 0..500 {
+        if auth.health().is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    auth.token().await.unwrap();
+
+    let metrics = collect(&provider, &exporter);
+    let cell = [
+        ("server.address", "127.0.0.1"),
+        ("koppeltaal.client_id", CLIENT_ID),
+    ];
+    let ok = [("outcome", "ok"), ("http.response.status_class", "2xx")];
+    let requests = "koppeltaal_auth.token.requests";
+    assert_eq!(
+        value(&metrics, requests, &[cell[0], cell[1], ok[0], ok[1]]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            requests,
+            &[
+                ("outcome", "transient_error"),
+                ("http.response.status_class", "5xx")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.token.request.duration", &cell),
+        4.0
+    );
+    let (unit, points) = &metrics["koppeltaal_auth.token.request.duration"];
+    assert_eq!(unit, "s");
+    assert!(
+        points.iter().all(|p| p.sum > 0.0 && p.sum < 10.0),
+        "{points:?}"
+    );
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.token.renewals", &cell),
+        2.0
+    );
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.request.replays", &cell),
+        1.0
+    );
+    assert!(value(&metrics, "koppeltaal_auth.token.waits", &cell) >= 3.0);
+    assert!(value(&metrics, "koppeltaal_auth.token.wait.time", &cell) > 0.0);
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.store.adoptions", &cell),
+        0.0
+    );
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.store.failures", &cell),
+        0.0
+    );
+    let left = value(&metrics, "koppeltaal_auth.token.time_to_expiry", &cell);
+    assert!(left > 250.0 && left <= 300.0, "{left}");
+    assert_eq!(metrics["koppeltaal_auth.token.time_to_expiry"].0, "s");
+    assert_eq!(metrics[requests].0, "{request}");
+
+    // The attributes are these and only these: nothing else (no token, no assertion) can be in
+    // them.
+    let allowed = [
+        ("server.address", &["127.0.0.1"][..]),
+        ("koppeltaal.client_id", &[CLIENT_ID][..]),
+        ("outcome", &["ok", "transient_error", "permanent_error"][..]),
+        (
+            "http.response.status_class",
+            &["2xx", "3xx", "4xx", "5xx", "other", "none"][..],
+        ),
+    ];
+    for (name, (_, points)) in &metrics {
+        assert!(name.starts_with("koppeltaal_auth."), "{name}");
+        for point in points {
+            for (key, value) in &point.attributes {
+                let known = allowed
+                    .iter()
+                    .any(|(k, values)| k == key && values.contains(&value.as_str()));
+                assert!(known, "{name}: {key}={value}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_client_is_a_permanent_error_with_its_status_class() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let mock = mock().await;
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id("not-registered")
+        .signing_key(rsa_key())
+        .meter(provider.meter("koppeltaal-auth-test"))
+        .discover()
+        .await
+        .unwrap();
+    assert!(auth.token().await.is_err());
+    let metrics = collect(&provider, &exporter);
+    assert_eq!(
+        value(
+            &metrics,
+            "koppeltaal_auth.token.requests",
+            &[
+                ("koppeltaal.client_id", "not-registered"),
+                ("outcome", "permanent_error"),
+                ("http.response.status_class", "4xx"),
+            ]
+        ),
+        1.0
+    );
+    // No token: no time-to-expiry reading.
+    assert!(
+        metrics
+            .get("koppeltaal_auth.token.time_to_expiry")
+            .is_none_or(|(_, points)| points.is_empty())
+    );
+}
