@@ -18,9 +18,9 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
-pub(crate) use cell::{CellLink, LocalToken, Rejection, RetryPlan, TokenReader};
 #[cfg(feature = "opentelemetry")]
 pub(crate) use cell::WeakCell;
+pub(crate) use cell::{CellLink, LocalToken, Rejection, RetryPlan, TokenReader};
 pub use cell::{CellStats, Health, TokenCell, TokenHeader};
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use client::{DEFAULT_TOKEN_LIFETIME, MAX_REQUEST_TIMEOUT};
