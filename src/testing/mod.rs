@@ -51,11 +51,13 @@
 
 mod auth;
 mod body;
+mod builder;
 mod external;
 mod fake;
 mod fhir;
 mod memory_store;
 mod notify;
+mod records;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -63,8 +65,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -72,9 +73,11 @@ use crate::jwks::JwkSet;
 use crate::key::{Algorithm, SigningKey};
 
 pub use body::MockResponse;
+pub use builder::MockKoppeltaalBuilder;
 pub use fake::FakeTokenSource;
 pub use memory_store::MemoryTokenStore;
 pub use notify::SentNotification;
+pub use records::{IssuedToken, MockStats, ReceivedRequest, TokenRequest};
 
 /// `at` moved by `seconds` (a century either way at most, so that nothing overflows).
 fn shift(at: SystemTime, seconds: i64) -> SystemTime {
@@ -121,89 +124,6 @@ impl Drop for MockKoppeltaal {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Counters of what the mock servers saw; see [`MockKoppeltaal::stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MockStats {
-    /// Requests to the token endpoint, whatever their outcome.
-    pub token_requests: u64,
-    /// Tokens issued.
-    pub tokens_issued: u64,
-    /// Token requests answered with an error or an injected fault.
-    pub token_requests_failed: u64,
-    /// Requests to the FHIR endpoint (discovery excluded).
-    pub fhir_requests: u64,
-    /// FHIR requests answered `401`.
-    pub fhir_unauthorized: u64,
-    /// FHIR requests answered `403`.
-    pub fhir_forbidden: u64,
-    /// Requests for the SMART configuration.
-    pub discovery_requests: u64,
-    /// Times [`MockKoppeltaal::revoke_all_tokens`] was called.
-    pub revocations: u64,
-    /// Fetches of URL-registered JWK Sets.
-    pub jwks_fetches: u64,
-}
-
-/// A request the FHIR endpoint received; see [`MockKoppeltaal::fhir_requests`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ReceivedRequest {
-    /// The method.
-    pub method: Method,
-    /// Path and query, as received.
-    pub path_and_query: String,
-    /// All headers, `Authorization` included.
-    pub headers: HeaderMap,
-    /// The body.
-    pub body: Bytes,
-    /// The number of the token that authenticated it (1 for the first token issued), when the
-    /// token was one the mock issued.
-    pub token_number: Option<u64>,
-    /// What the mock answered.
-    pub status: StatusCode,
-    /// The trace ids the FHIR server recorded for it, as Koppeltaal's does: the request's
-    /// `X-Request-Id` and `X-Trace-Id` (each a new UUID when the request had none, or one that
-    /// is not a FHIR id), and its `X-Correlation-Id`. The response carried the first two.
-    pub trace: crate::trace::TraceIds,
-}
-
-/// A token request the token endpoint received; see [`MockKoppeltaal::token_requests`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TokenRequest {
-    /// The form parameter names, in order (`client_assertion` included, its value not).
-    pub params: Vec<String>,
-    /// The `scope` parameter, if sent.
-    pub scope: Option<String>,
-    /// The `client_assertion` as sent (for tests that look for it where it must not be).
-    pub assertion: Option<String>,
-    /// The decoded (unverified) assertion header, if there was a decodable assertion.
-    pub assertion_header: Option<Value>,
-    /// The decoded (unverified) assertion claims, if there was a decodable assertion.
-    pub assertion_claims: Option<Value>,
-    /// When it arrived (tokio clock).
-    pub received_at: Instant,
-    /// What the mock answered.
-    pub status: StatusCode,
-    /// Why the mock refused it, if it did (the reference server tells only "Access Denied").
-    pub refusal: Option<String>,
-}
-
-/// Information about an issued token; see [`MockKoppeltaal::issued_tokens`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct IssuedToken {
-    /// 1 for the first token issued, then 2, ...
-    pub number: u64,
-    /// The client it was issued to.
-    pub client_id: String,
-    /// FHIR requests it authenticated (answered other than `401`).
-    pub fhir_requests: u64,
-    /// Whether it was revoked.
-    pub revoked: bool,
 }
 
 struct Shared {
@@ -267,117 +187,6 @@ impl State {
     /// The mock FHIR server's wall clock: the auth server's shifted by the FHIR offset.
     fn fhir_now(&self) -> SystemTime {
         shift(self.now(), self.fhir_clock_offset_secs)
-    }
-}
-
-/// Builder for [`MockKoppeltaal`], for settings that matter from the first request.
-#[derive(Debug)]
-#[must_use]
-pub struct MockKoppeltaalBuilder {
-    token_lifetime: Duration,
-    allowed_algs: Vec<Algorithm>,
-    clock_offset_secs: i64,
-    fhir_clock_offset_secs: i64,
-    port: u16,
-}
-
-impl Default for MockKoppeltaalBuilder {
-    fn default() -> Self {
-        Self {
-            token_lifetime: Duration::from_secs(300),
-            allowed_algs: vec![Algorithm::RS384, Algorithm::ES384, Algorithm::RS512],
-            clock_offset_secs: 0,
-            fhir_clock_offset_secs: 0,
-            port: 0,
-        }
-    }
-}
-
-impl MockKoppeltaalBuilder {
-    /// Lifetime of issued tokens (`expires_in`). Defaults to 300 seconds, as Koppeltaal's;
-    /// clamped to 1 s to [`MAX_TOKEN_LIFETIME`](crate::token::MAX_TOKEN_LIFETIME).
-    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
-        self.token_lifetime = clamp_lifetime(lifetime);
-        self
-    }
-
-    /// Algorithms accepted for assertions. Defaults to RS384, ES384 and RS512, as the reference
-    /// auth server's configuration.
-    pub fn allowed_algorithms(mut self, algs: &[Algorithm]) -> Self {
-        self.allowed_algs = algs.to_vec();
-        self
-    }
-
-    /// Runs the server's clock `seconds` ahead (negative: behind) of the local clock, for
-    /// clock-skew tests. The offset applies to assertion checks and the `Date` header.
-    pub fn clock_offset_secs(mut self, seconds: i64) -> Self {
-        self.clock_offset_secs = seconds;
-        self
-    }
-
-    /// Runs the FHIR server's clock `seconds` ahead (negative: behind) of the auth server's.
-    /// As Koppeltaal's HAPI server, the FHIR endpoint allows no leeway on a token's `iat`: while
-    /// its clock has not reached it, it answers `401`. Its responses carry a `Date` from its
-    /// own clock.
-    pub fn fhir_clock_offset_secs(mut self, seconds: i64) -> Self {
-        self.fhir_clock_offset_secs = seconds;
-        self
-    }
-
-    /// The loopback port to listen on; 0 (the default) takes a free one (see
-    /// [`MockKoppeltaal::addr`]). The mock never listens beyond loopback.
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-
-    /// Binds `127.0.0.1` on the port (a free one by default) and starts serving.
-    ///
-    /// # Errors
-    ///
-    /// When the socket cannot be bound.
-    pub async fn start(self) -> std::io::Result<MockKoppeltaal> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            token_endpoint: format!("http://{addr}{TOKEN_PATH}"),
-            state: Mutex::new(State {
-                clients: HashMap::new(),
-                allowed_algs: self.allowed_algs,
-                token_lifetime: self.token_lifetime,
-                clock_offset_secs: self.clock_offset_secs,
-                fhir_clock_offset_secs: self.fhir_clock_offset_secs,
-                external: None,
-                seen_jti: HashSet::new(),
-                tokens: HashMap::new(),
-                faults: VecDeque::new(),
-                token_delay: Duration::ZERO,
-                token_clock_advance: Duration::ZERO,
-                audience: None,
-                smart_configuration: None,
-                stats: MockStats::default(),
-                fhir_log: Vec::new(),
-                token_log: Vec::new(),
-                notification_log: Vec::new(),
-            }),
-        });
-        let router = axum::Router::new()
-            .route(TOKEN_PATH, axum::routing::any(auth::token))
-            .route(
-                &format!("{FHIR_PATH}/.well-known/smart-configuration"),
-                axum::routing::get(fhir::smart_configuration),
-            )
-            .route(
-                &format!("{FHIR_PATH}/{{*rest}}"),
-                axum::routing::any(fhir::resource),
-            )
-            .with_state(Arc::clone(&shared));
-        let task = tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, router).await {
-                tracing::warn!(error = %err, "MockKoppeltaal stopped");
-            }
-        });
-        Ok(MockKoppeltaal { shared, addr, task })
     }
 }
 
