@@ -229,6 +229,34 @@ where
     S::Future: Send,
     S::Error: std::fmt::Debug,
 {
+    let make = if sixth_header {
+        |url: &http::Uri| {
+            let mut request = request_to(url);
+            request.headers_mut().insert(
+                HeaderName::from_static("x-client-version"),
+                HeaderValue::from_static("1.0.0"),
+            );
+            request
+        }
+    } else {
+        request_to
+    };
+    e2e_load_with(service, url, tasks, per_task, make).await
+}
+
+/// As `e2e_load`, with the requests `make` builds.
+pub(crate) async fn e2e_load_with<S>(
+    service: &S,
+    url: &http::Uri,
+    tasks: usize,
+    per_task: usize,
+    make: fn(&http::Uri) -> Request<Body>,
+) -> f64
+where
+    S: Service<Request<Body>, Response = Response<hyper::body::Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug,
+{
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
@@ -236,14 +264,7 @@ where
             let url = url.clone();
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let mut request = request_to(&url);
-                    if sixth_header {
-                        request.headers_mut().insert(
-                            HeaderName::from_static("x-client-version"),
-                            HeaderValue::from_static("1.0.0"),
-                        );
-                    }
-                    let response = service.clone().oneshot(request).await.unwrap();
+                    let response = service.clone().oneshot(make(&url)).await.unwrap();
                     black_box(response.into_body().collect().await.unwrap());
                 }
             })
