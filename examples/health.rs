@@ -46,6 +46,11 @@ fn describe(health: &Health) -> Value {
 /// Readiness: route traffic here only while requests get a token without waiting.
 async fn readyz(State(auth): State<Authenticator>) -> (StatusCode, Json<Value>) {
     let health = auth.health();
+    if health == (Health::Absent { refreshing: false }) {
+        // Nothing has asked for a token (yet): start a fetch, so that the instance becomes
+        // ready without waiting for traffic it does not get while it is not ready.
+        tokio::spawn(async move { auth.ready().await });
+    }
     let status = if health.is_ready() {
         StatusCode::OK
     } else {
@@ -98,6 +103,7 @@ async fn main() -> Result<(), BoxError> {
         }
     };
 
+    // The first probe finds no token and starts the first fetch.
     probe("before the first token").await?;
     auth.ready().await?;
     probe("with a fresh token").await?;

@@ -44,7 +44,10 @@ impl MeteredSource {
             requests: meter
                 .u64_counter("koppeltaal_auth.token.requests")
                 .with_unit("{request}")
-                .with_description("Token requests, by outcome and status class")
+                .with_description(
+                    "Token requests, by outcome (ok, transient_error, permanent_error, cancelled) \
+                     and status class",
+                )
                 .build(),
             duration: meter
                 .f64_histogram("koppeltaal_auth.token.request.duration")
@@ -58,10 +61,13 @@ impl MeteredSource {
         }
     }
 
-    fn record(&self, result: &Result<AccessToken, Error>, started: Instant) {
+    fn record(&self, result: Option<&Result<AccessToken, Error>>, started: Instant) {
         let (outcome, status_class) = match result {
-            Ok(_) => ("ok", "2xx"),
-            Err(error) => (
+            // Dropped before it ended: cut off (the attempt timeout, a stall, its runtime gone)
+            // or unwinding from a panic.
+            None => ("cancelled", "none"),
+            Some(Ok(_)) => ("ok", "2xx"),
+            Some(Err(error)) => (
                 if error.is_transient() {
                     "transient_error"
                 } else {
@@ -89,11 +95,31 @@ impl MeteredSource {
 impl TokenSource for MeteredSource {
     fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
         Box::pin(async move {
-            let started = Instant::now();
+            let mut pending = Pending {
+                source: self,
+                started: Instant::now(),
+                ended: false,
+            };
             let result = self.inner.fetch().await;
-            self.record(&result, started);
+            pending.ended = true;
+            self.record(Some(&result), pending.started);
             result
         })
+    }
+}
+
+/// Records a token request that is dropped before it ends as `cancelled`.
+struct Pending<'a> {
+    source: &'a MeteredSource,
+    started: Instant,
+    ended: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.source.record(None, self.started);
+        }
     }
 }
 

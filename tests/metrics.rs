@@ -214,7 +214,10 @@ async fn the_instruments_follow_a_token_through_its_life() {
     let allowed = [
         ("server.address", &["127.0.0.1"][..]),
         ("koppeltaal.client_id", &[CLIENT_ID][..]),
-        ("outcome", &["ok", "transient_error", "permanent_error"][..]),
+        (
+            "outcome",
+            &["ok", "transient_error", "permanent_error", "cancelled"][..],
+        ),
         (
             "http.response.status_class",
             &["2xx", "3xx", "4xx", "5xx", "other", "none"][..],
@@ -268,4 +271,64 @@ async fn a_refused_client_is_a_permanent_error_with_its_status_class() {
             .get("koppeltaal_auth.token.time_to_expiry")
             .is_none_or(|(_, points)| points.is_empty())
     );
+}
+
+/// A provider with an in-memory exporter, and an authenticator on `source` reporting to it.
+fn metered(
+    source: koppeltaal_auth::testing::FakeTokenSource,
+    policy: RefreshPolicy,
+) -> (
+    SdkMeterProvider,
+    InMemoryMetricExporter,
+    koppeltaal_auth::Authenticator,
+) {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir/DEFAULT")
+        .token_source(source)
+        .refresh_policy(policy)
+        .meter(provider.meter("koppeltaal-auth-test"))
+        .build()
+        .unwrap();
+    (provider, exporter, auth)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_request_cut_off_by_the_attempt_timeout_counts_as_cancelled() {
+    let source = koppeltaal_auth::testing::FakeTokenSource::new();
+    source.close_gate();
+    let policy = RefreshPolicy::default().attempt_timeout(Duration::from_secs(2));
+    let (provider, exporter, auth) = metered(source.clone(), policy);
+    let error = auth.token().await.unwrap_err();
+    assert_eq!(error.kind(), koppeltaal_auth::ErrorKind::Timeout);
+    let metrics = collect(&provider, &exporter);
+    let requests = "koppeltaal_auth.token.requests";
+    assert_eq!(value(&metrics, requests, &[("outcome", "cancelled")]), 1.0);
+    assert_eq!(value(&metrics, requests, &[("outcome", "ok")]), 0.0);
+    assert_eq!(
+        value(&metrics, "koppeltaal_auth.token.request.duration", &[]),
+        1.0
+    );
+    // A custom source: no endpoint host, and no client id, to name.
+    let (_, points) = &metrics[requests];
+    assert!(
+        points
+            .iter()
+            .all(|p| !p.attributes.contains_key("server.address"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_its_caller_gives_up_still_counts_its_time() {
+    let source = koppeltaal_auth::testing::FakeTokenSource::new();
+    source.close_gate();
+    let (_provider, _exporter, auth) = metered(source, RefreshPolicy::default());
+    let gave_up = tokio::time::timeout(Duration::from_secs(5), auth.token()).await;
+    assert!(gave_up.is_err(), "the caller gave up");
+    let stats = auth.stats();
+    assert_eq!(stats.waits, 1);
+    assert_eq!(stats.wait_time, Duration::from_secs(5));
 }

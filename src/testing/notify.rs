@@ -39,8 +39,8 @@ impl MockKoppeltaal {
     ///
     /// # Errors
     ///
-    /// When the request cannot be sent (the status of an answer is in the result, whatever it
-    /// is).
+    /// When the request cannot be sent, or no answer comes within 30 s (the status of an answer
+    /// is in the result, whatever it is).
     pub async fn notify(
         &self,
         url: &str,
@@ -77,6 +77,7 @@ impl MockKoppeltaal {
         }
         let client = reqwest::Client::builder()
             .no_proxy()
+            .timeout(std::time::Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let response = client.post(url).headers(headers).send().await?;

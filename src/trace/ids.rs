@@ -67,10 +67,16 @@ impl TraceIds {
     /// more than once counts by its first value.
     #[must_use]
     pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self::parse(headers, true)
+    }
+
+    /// The ids in `headers`; invalid values are dropped, with a warning if `warn` (else at
+    /// debug level: a response from a gateway with its own id format would warn on every one).
+    fn parse(headers: &HeaderMap, warn: bool) -> Self {
         Self {
-            request_id: id_in(headers, &X_REQUEST_ID),
-            trace_id: id_in(headers, &X_TRACE_ID),
-            correlation_id: id_in(headers, &X_CORRELATION_ID),
+            request_id: id_in(headers, &X_REQUEST_ID, warn),
+            trace_id: id_in(headers, &X_TRACE_ID, warn),
+            correlation_id: id_in(headers, &X_CORRELATION_ID, warn),
         }
     }
 
@@ -110,13 +116,17 @@ impl TraceIds {
     }
 }
 
-/// The first value of `name` as an id; an invalid one is dropped with a warning.
-fn id_in(headers: &HeaderMap, name: &HeaderName) -> Option<FhirId> {
+/// The first value of `name` as an id; an invalid one is dropped (see [`TraceIds::parse`]).
+fn id_in(headers: &HeaderMap, name: &HeaderName, warn: bool) -> Option<FhirId> {
     let value = headers.get(name)?;
     match FhirId::from_header(value) {
         Ok(id) => Some(id),
-        Err(error) => {
+        Err(error) if warn => {
             tracing::warn!(header = %name, %error, "trace header dropped: not a FHIR id");
+            None
+        }
+        Err(error) => {
+            tracing::debug!(header = %name, %error, "response trace header ignored: not a FHIR id");
             None
         }
     }
@@ -148,12 +158,13 @@ pub struct ResponseTrace {
 }
 
 impl ResponseTrace {
-    /// From the ids a request was sent with and the response's headers.
+    /// From the ids a request was sent with and the response's headers (values that are not
+    /// FHIR ids are left out, logged at debug level only).
     #[must_use]
     pub fn new(sent: TraceIds, response_headers: &HeaderMap) -> Self {
         Self {
             sent,
-            answered: TraceIds::from_headers(response_headers),
+            answered: TraceIds::parse(response_headers, false),
         }
     }
 

@@ -24,6 +24,13 @@ use crate::scope::FhirScope;
 /// as [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer)'s) are untouched. Every response to a
 /// FHIR request carries a [`ResponseTrace`] extension.
 ///
+/// A header the caller set is sent as it is, even when it is not a valid FHIR `id` (then
+/// [`ResponseTrace::sent`] leaves it out); and a caller's own `X-Request-Id` is part of the
+/// request the auth layer replays after a `401`, so the replay repeats it: leave `X-Request-Id`
+/// to the layer. The scope's context is read when the request reaches this layer: a layer
+/// between the scope and this one that moves calls to another task (tower's `Buffer`) loses it;
+/// put the context in the request's extensions then.
+///
 /// # Layer order
 ///
 /// Put the trace layer *inside* (after, in a `ServiceBuilder`) the auth layer, so that the

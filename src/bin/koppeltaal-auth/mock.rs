@@ -143,8 +143,11 @@ pub(crate) async fn mock(args: &MockArgs) -> Result<(), Failure> {
             None,
         );
     }
+    // Listen for the signals before saying the server is up, so that a stop right after the
+    // banner is a clean one.
+    let stop = stop_signal()?;
     print_banner(&mock, args);
-    wait_for_stop().await?;
+    stop.await?;
     eprintln!("mock Koppeltaal stopped");
     Ok(())
 }
@@ -174,21 +177,25 @@ fn print_banner(mock: &MockKoppeltaal, args: &MockArgs) {
     let _ = out.flush();
 }
 
-/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM (`docker stop`).
-async fn wait_for_stop() -> Result<(), Failure> {
+/// A future that resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM (`docker stop`); on Unix the
+/// handlers are installed when this returns.
+fn stop_signal() -> Result<impl std::future::Future<Output = Result<(), Failure>>, Failure> {
     let signal_error =
         |err: std::io::Error| failure(1, format!("cannot listen for signals: {err}"));
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(signal_error)?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map_err(signal_error),
-            _ = term.recv() => Ok(()),
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => Ok(()),
+                _ = terminate.recv() => Ok(()),
+            }
+        })
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.map_err(signal_error)
+        Ok(async move { tokio::signal::ctrl_c().await.map_err(signal_error) })
     }
 }

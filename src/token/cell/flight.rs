@@ -236,13 +236,12 @@ impl Shared {
             return Err(no_runtime());
         }
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
-        let result = self.wait_for_token(after).await;
-        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.counters
-            .wait_nanos
-            .fetch_add(waited, Ordering::Relaxed);
-        result
+        // Counted on drop: a wait whose caller gives up counts too.
+        let _clock = WaitClock {
+            total: &self.counters.wait_nanos,
+            started: Instant::now(),
+        };
+        self.wait_for_token(after).await
     }
 
     async fn wait_for_token(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
@@ -385,4 +384,17 @@ async fn run(mut guard: FlightGuard, reason: Reason) {
     .instrument(span)
     .await;
     guard.report(Ending::Fetched(result));
+}
+
+/// Adds the time from `started` to `total` (nanoseconds) when dropped.
+struct WaitClock<'a> {
+    total: &'a AtomicU64,
+    started: Instant,
+}
+
+impl Drop for WaitClock<'_> {
+    fn drop(&mut self) {
+        let waited = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.total.fetch_add(waited, Ordering::Relaxed);
+    }
 }

@@ -18,6 +18,11 @@ use crate::error::ErrorKind;
 /// cannot fix it, and a fleet restarting at once turns an outage into a storm of token requests
 /// against a server that is down. The cell keeps retrying with backoff and recovers on its own.
 ///
+/// A cell fetches its first token when something first asks for one: call
+/// [`ready`](TokenCell::ready) at start-up, and have the readiness probe start a fetch when it
+/// finds [`Health::Absent`] with nothing in flight (a token rejected while nobody sends
+/// requests leaves the cell in that state too), as `examples/health.rs` does.
+///
 /// ```
 /// use koppeltaal_auth::token::Health;
 ///
