@@ -184,3 +184,26 @@ fn health_needs_no_runtime() {
     let cell = TokenCell::new(FakeTokenSource::new(), exact());
     assert_eq!(cell.health(), Health::Absent { refreshing: false });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_rejected_while_nobody_asks_is_renewed_in_the_background() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), exact());
+    let token = cell.token().await.unwrap();
+    // The server rejects it (the middleware's path for a request it cannot replay): nobody
+    // asks for a token afterwards, and a readiness probe sees the cell absent.
+    assert!(cell.invalidate(token.generation()));
+    run_until(|| source.fetches_completed() == 2).await;
+    assert_eq!(cell.health(), Health::Fresh { usable_for: secs(290) });
+
+    // The new token, rejected too while young: renewed only after a backoff (1 s here), and
+    // then still without a caller.
+    let token = cell.current().unwrap();
+    assert!(cell.invalidate(token.generation()));
+    tokio::task::yield_now().await;
+    assert_eq!(cell.health(), Health::Absent { refreshing: false });
+    assert_eq!(source.fetches_started(), 2, "nothing during the backoff");
+    tokio::time::sleep(secs(2)).await;
+    run_until(|| source.fetches_completed() == 3).await;
+    assert!(cell.health().is_ready());
+}

@@ -65,6 +65,11 @@ impl Sched {
         self.flight.is_some()
     }
 
+    /// Whether any attempt was ever started.
+    pub(super) fn has_flown(&self) -> bool {
+        self.flights > 0
+    }
+
     /// When the flight in the air started.
     pub(super) fn flight_started(&self) -> Option<Instant> {
         self.flight.as_ref().map(|flight| flight.started)

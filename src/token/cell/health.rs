@@ -19,9 +19,10 @@ use crate::error::ErrorKind;
 /// against a server that is down. The cell keeps retrying with backoff and recovers on its own.
 ///
 /// A cell fetches its first token when something first asks for one: call
-/// [`ready`](TokenCell::ready) at start-up, and have the readiness probe start a fetch when it
-/// finds [`Health::Absent`] with nothing in flight (a token rejected while nobody sends
-/// requests leaves the cell in that state too), as `examples/health.rs` does.
+/// [`ready`](TokenCell::ready) at start-up, or have the readiness probe start a fetch when it
+/// finds [`Health::Absent`] with nothing in flight, as `examples/health.rs` does. From then on
+/// (with background refresh on, the default) the cell supplies itself: a token rejected while
+/// no request comes is renewed in the background too.
 ///
 /// ```
 /// use koppeltaal_auth::token::Health;

@@ -56,6 +56,10 @@ impl Shared {
             // Failing without a token: keep retrying at the backoff pace, so recovery is
             // automatic.
             None if sched.last_error.is_some() => (now, Reason::Retry),
+            // Emptied once it had started (a token rejected, an attempt cut off): fetch again
+            // (after the backoff, if any), so that a cell nobody asks, say one whose readiness
+            // probe keeps traffic away, recovers too. A cell nobody ever asked stays lazy.
+            None if sched.has_flown() => (now, Reason::Empty),
             None => return None,
         };
         Some(match sched.not_before {
