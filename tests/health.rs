@@ -194,7 +194,12 @@ async fn a_token_rejected_while_nobody_asks_is_renewed_in_the_background() {
     // asks for a token afterwards, and a readiness probe sees the cell absent.
     assert!(cell.invalidate(token.generation()));
     run_until(|| source.fetches_completed() == 2).await;
-    assert_eq!(cell.health(), Health::Fresh { usable_for: secs(290) });
+    assert_eq!(
+        cell.health(),
+        Health::Fresh {
+            usable_for: secs(290)
+        }
+    );
 
     // The new token, rejected too while young: renewed only after a backoff (1 s here), and
     // then still without a caller.
