@@ -2,12 +2,15 @@
 //! refresh timing, stale-while-revalidate, failure policy, cancellation, panics, lifecycle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{Error, ErrorKind, RefreshPolicy, TokenCell};
+use support::run_until;
 use tokio::time::Instant;
 
 const fn secs(s: u64) -> Duration {
@@ -30,17 +33,6 @@ fn paused_runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .unwrap()
-}
-
-/// Lets spawned tasks run until `done` holds, without letting the paused clock advance.
-async fn run_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition not reached");
 }
 
 fn transport_error() -> Error {

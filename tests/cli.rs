@@ -4,33 +4,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use koppeltaal_auth::jwks::JwkSet;
 use koppeltaal_auth::testing::MockKoppeltaal;
+use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_koppeltaal-auth");
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("kt-cli-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs the binary off the async runtime (the mock keeps serving meanwhile), with a clean
 /// environment so that no KOPPELTAAL_* variable of the developer leaks in.

@@ -2,31 +2,13 @@
 //! `get`: what a test in another language or a docker-compose set-up does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use support::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_koppeltaal-auth");
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("kt-mock-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn cli(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -118,10 +100,10 @@ impl Drop for MockProcess {
 #[test]
 fn a_standalone_mock_serves_the_cli_and_stops_on_ctrl_c() {
     let dir = TempDir::new();
-    let key = dir.path("key.pem");
+    let key = dir.path("key.pem").to_str().unwrap().to_owned();
     let keygen = cli(&["keygen", "--alg", "ES384", "--out", &key]);
     assert!(keygen.status.success(), "{}", text(&keygen.stderr));
-    let jwks = dir.path("jwks.json");
+    let jwks = dir.path("jwks.json").to_str().unwrap().to_owned();
     std::fs::write(&jwks, &keygen.stdout).unwrap();
 
     let client = format!("my-app={jwks}");
@@ -192,10 +174,10 @@ fn a_standalone_mock_serves_the_cli_and_stops_on_ctrl_c() {
 #[test]
 fn the_fault_knobs_work_from_outside() {
     let dir = TempDir::new();
-    let key = dir.path("key.pem");
+    let key = dir.path("key.pem").to_str().unwrap().to_owned();
     let keygen = cli(&["keygen", "--alg", "RS512", "--out", &key]);
     assert!(keygen.status.success());
-    let jwks = dir.path("jwks.json");
+    let jwks = dir.path("jwks.json").to_str().unwrap().to_owned();
     std::fs::write(&jwks, &keygen.stdout).unwrap();
     let client = format!("app={jwks}");
     let mock = MockProcess::start(&[

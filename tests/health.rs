@@ -2,10 +2,13 @@
 //! clock: absent, fresh, refreshing, failing with and without a usable token, recovered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{Error, ErrorKind, Health, RefreshPolicy, TokenCell};
+use support::run_until;
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -16,17 +19,6 @@ fn exact() -> RefreshPolicy {
     RefreshPolicy::default()
         .refresh_jitter(0.0)
         .backoff(secs(1), secs(1))
-}
-
-/// Lets spawned tasks run until `done` holds, without letting the paused clock advance.
-async fn run_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition not reached");
 }
 
 #[tokio::test(start_paused = true)]

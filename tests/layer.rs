@@ -14,9 +14,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use koppeltaal_auth::testing::{FakeTokenSource, MockKoppeltaal};
-use koppeltaal_auth::{Authenticator, ErrorKind, KoppeltaalAuth, NotReplayable};
-use support::{CLIENT_ID, RecordingServer, capture_logs, mock, rsa_key};
+use koppeltaal_auth::testing::FakeTokenSource;
+use koppeltaal_auth::{ErrorKind, KoppeltaalAuth, NotReplayable};
+use support::{CLIENT_ID, RecordingServer, authenticator, capture_logs, mock, rsa_key};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type HyperClient<B = Full<Bytes>> = Client<HttpConnector, B>;
@@ -32,16 +32,6 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn authenticator(mock: &MockKoppeltaal) -> Authenticator {
-    KoppeltaalAuth::builder()
-        .fhir_base_url(mock.fhir_base_url())
-        .client_id(CLIENT_ID)
-        .signing_key(rsa_key())
-        .discover()
-        .await
-        .unwrap()
 }
 
 fn get(url: &str) -> Request<Full<Bytes>> {

@@ -7,20 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use koppeltaal_auth::testing::MockKoppeltaal;
 use koppeltaal_auth::{Authenticator, ErrorKind, KoppeltaalAuth};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use support::{CLIENT_ID, RecordingServer, capture_logs, mock, rsa_key};
-
-async fn authenticator(mock: &MockKoppeltaal) -> Authenticator {
-    KoppeltaalAuth::builder()
-        .fhir_base_url(mock.fhir_base_url())
-        .client_id(CLIENT_ID)
-        .signing_key(rsa_key())
-        .discover()
-        .await
-        .unwrap()
-}
+use support::{CLIENT_ID, RecordingServer, authenticator, capture_logs, mock, rsa_key};
 
 fn client(auth: &Authenticator) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())

@@ -13,23 +13,12 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use koppeltaal_auth::testing::MockKoppeltaal;
+use koppeltaal_auth::Authenticator;
 use koppeltaal_auth::trace::{ResponseTrace, TraceContext, TraceIds, X_REQUEST_ID};
-use koppeltaal_auth::{Authenticator, KoppeltaalAuth};
 use support::trace::{get, id, is_uuid_v4, join_all};
-use support::{CLIENT_ID, mock, rsa_key};
+use support::{authenticator, mock};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-
-async fn authenticator(mock: &MockKoppeltaal) -> Authenticator {
-    KoppeltaalAuth::builder()
-        .fhir_base_url(mock.fhir_base_url())
-        .client_id(CLIENT_ID)
-        .signing_key(rsa_key())
-        .discover()
-        .await
-        .unwrap()
-}
 
 /// The documented order: auth outside, trace inside.
 fn stack(

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use koppeltaal_auth::testing::MockKoppeltaal;
-use koppeltaal_auth::{Algorithm, ClientCredentials, KeyId, SigningKey};
+use koppeltaal_auth::{
+    Algorithm, Authenticator, ClientCredentials, KeyId, KoppeltaalAuth, SigningKey,
+};
 
 /// A test-only PEM from `tests/data/`.
 pub fn pem(name: &str) -> String {
@@ -40,6 +42,49 @@ pub async fn mock() -> MockKoppeltaal {
     let mock = MockKoppeltaal::start().await.unwrap();
     mock.register_key(CLIENT_ID, &rsa_key());
     mock
+}
+
+/// An authenticator for `CLIENT_ID` with the RS512 test key, discovering `mock`'s token endpoint.
+pub async fn authenticator(mock: &MockKoppeltaal) -> Authenticator {
+    KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(CLIENT_ID)
+        .signing_key(rsa_key())
+        .discover()
+        .await
+        .unwrap()
+}
+
+/// Lets spawned tasks run until `done` holds, without letting a paused clock advance.
+pub async fn run_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("kt-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A `ClientCredentials` for `CLIENT_ID` against `mock`.
