@@ -67,11 +67,8 @@ impl TraceContext {
     /// Values that are not a valid [`FhirId`] are dropped with a warning, never forwarded.
     #[must_use]
     pub fn from_notification(headers: &HeaderMap) -> Self {
-        let ids = TraceIds::from_headers(headers);
-        Self {
-            trace_id: ids.trace_id().cloned(),
-            correlation_id: ids.request_id().cloned(),
-        }
+        // The notification is the request that causes the work.
+        Self::caused_by(&TraceIds::from_headers(headers))
     }
 
     /// The context of requests triggered by an earlier exchange: the same trace, and that
