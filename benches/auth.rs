@@ -590,6 +590,9 @@ fn main() {
     if wanted("contention_ratios") {
         contention_ratios();
     }
+    if wanted("oneshot_ratios") {
+        common::oneshot::oneshot_ratios();
+    }
     if wanted("e2e_ratio") {
         e2e_ratio("system allocator");
     }

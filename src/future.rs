@@ -14,7 +14,7 @@ use crate::error::BoxError;
 use crate::head::HeadSnapshot;
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::{CellLink, LocalToken, Rejection, RetryPlan, TokenCell, TokenHeader};
+use crate::token::{CellLink, Rejection, RetryPlan, TokenCell, TokenHeader};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -91,8 +91,8 @@ pin_project! {
             #[pin]
             future: S::Future,
             retry: Option<Retry<S, B>>,
-            // The token's cell (a link of this service's own: see `CellLink`) and generation,
-            // should it be rejected.
+            // The token's cell (a link of this service's or this thread's own: see
+            // `TokenReader`) and generation, should it be rejected.
             cell: CellLink,
             generation: u64,
             replay: bool,
@@ -130,15 +130,16 @@ where
     pub(crate) fn called(
         future: S::Future,
         retry: Option<Retry<S, B>>,
-        token: &LocalToken,
+        cell: CellLink,
+        generation: u64,
         replay: bool,
     ) -> Self {
         Self {
             state: State::Called {
                 future,
                 retry,
-                cell: token.link(),
-                generation: token.generation(),
+                cell,
+                generation,
                 replay,
             },
         }

@@ -89,7 +89,7 @@ impl<S> Layer<S> for KoppeltaalAuthLayer {
         KoppeltaalAuth {
             inner,
             shared: Arc::clone(&self.shared),
-            reader: TokenReader::new(&self.shared.cell),
+            reader: TokenReader::default(),
         }
     }
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::future::{ResponseFuture, Retry};
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::{LocalToken, TokenReader};
+use crate::token::TokenReader;
 
 /// Middleware that adds a Koppeltaal bearer token to requests for the FHIR base and replays a
 /// request once after a `401`. Made by [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer).
@@ -91,10 +91,10 @@ impl<S> fmt::Debug for KoppeltaalAuth<S> {
 /// Adds the token unless the request has its own `Authorization` (then: `false`, and the
 /// request is unchanged, every one of its values kept). One header-map lookup.
 #[inline]
-fn insert_token<B>(request: &mut Request<B>, token: &LocalToken) -> bool {
+fn insert_token<B>(request: &mut Request<B>, value: HeaderValue) -> bool {
     match request.headers_mut().entry(AUTHORIZATION) {
         http::header::Entry::Vacant(entry) => {
-            entry.insert(token.value());
+            entry.insert(value);
             true
         }
         // The caller's own header. (A replay copy, if any, was wasted: rare.)
@@ -124,23 +124,25 @@ where
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         match self.reader.current(&self.shared.cell) {
-            // Fast path: a fresh token, no lock, no allocation (the replay copy aside).
-            // (`token` is this service's own copy: see `TokenReader`.)
+            // Fast path: a fresh token, no lock, no allocation (the replay copy aside), no
+            // reference count in common with other threads (see `TokenReader`).
             Some(token) => {
+                let generation = token.generation();
+                let (value, link) = token.into_parts();
                 // Two arms so that the no-replay future is built with a literal `None` (a tag
                 // write) rather than a moved, full-size `Option<Retry>`.
                 if self.shared.replay {
                     // The copy is taken before the token goes in: it never holds one.
                     let retry = Retry::prepare(&request, &self.inner);
-                    if !insert_token(&mut request, token) {
+                    if !insert_token(&mut request, value) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    ResponseFuture::called(self.inner.call(request), retry, token, true)
+                    ResponseFuture::called(self.inner.call(request), retry, link, generation, true)
                 } else {
-                    if !insert_token(&mut request, token) {
+                    if !insert_token(&mut request, value) {
                         return ResponseFuture::passthrough(self.inner.call(request));
                     }
-                    ResponseFuture::called(self.inner.call(request), None, token, false)
+                    ResponseFuture::called(self.inner.call(request), None, link, generation, false)
                 }
             }
             None if request.headers().contains_key(AUTHORIZATION) => {

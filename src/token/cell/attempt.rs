@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::fhir_clock::MAX_FHIR_LAG;
 use super::flight::{Ending, Outcome, Sched};
+use super::stripes::Stripes;
 use super::{CachedToken, LocalToken, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
@@ -177,6 +178,7 @@ impl Shared {
             valid_from,
             previous,
             local,
+            stripes: Stripes::new(self.stripe_count),
         })));
         Ok(())
     }

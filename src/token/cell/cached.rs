@@ -4,6 +4,7 @@
 
 use tokio::time::Instant;
 
+use super::stripes::Stripes;
 use super::{LocalToken, TokenHeader};
 use crate::token::AccessToken;
 
@@ -19,9 +20,21 @@ pub(super) struct CachedToken {
     pub(super) valid_from: Instant,
     /// The token this one replaced, handed out until `valid_from` while it is usable.
     pub(super) previous: Option<Previous>,
-    /// The token as services that have no copy of their own hand it out (see
-    /// [`TokenReader`](super::TokenReader)).
+    /// The token as a [`LocalToken`]: the template of every copy, and the copy a successor
+    /// keeps as its previous token.
     pub(super) local: LocalToken,
+    /// The per-thread copies that callers without a copy of their own hand out.
+    pub(super) stripes: Stripes,
+}
+
+/// What a token hands out at an instant (see [`CachedToken::serves`]).
+pub(super) enum Serves<'a> {
+    /// Nothing: past its usable-until instant, or before its start with no usable predecessor.
+    No,
+    /// The token it replaced: the FHIR server does not take this one yet.
+    Previous(&'a Previous),
+    /// The token itself.
+    Current,
 }
 
 /// The token a new one replaced, while the FHIR server does not take the new one yet.
@@ -39,10 +52,24 @@ pub(super) struct Usable {
 }
 
 impl CachedToken {
+    /// What the fast path hands out at `now`.
+    #[inline]
+    pub(super) fn serves(&self, now: Instant) -> Serves<'_> {
+        if now >= self.usable_until {
+            return Serves::No;
+        }
+        if now < self.valid_from {
+            return self.previous_at(now).map_or(Serves::No, Serves::Previous);
+        }
+        Serves::Current
+    }
+
+    /// The value this thread hands out: its stripe's copy.
     #[inline]
     pub(super) fn header(&self) -> TokenHeader {
+        let local = self.stripes.get(&self.local);
         TokenHeader {
-            value: self.token.header_value().clone(),
+            value: local.value().clone(),
             generation: self.generation,
         }
     }

@@ -16,7 +16,8 @@
 //! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
 //!   request path). It is started again by the next use, on whatever runtime that use runs on,
 //!   when its task has ended or its runtime is gone.
-//! - [`reader`]: the per-service view the layer reads the token through.
+//! - [`reader`]: the per-service view the layer reads the token through; [`stripes`]: the
+//!   per-thread copies of a token that callers without a copy of their own hand out.
 
 mod attempt;
 mod cached;
@@ -27,6 +28,7 @@ mod health;
 mod reader;
 mod refresher;
 mod rejection;
+mod stripes;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,11 +38,12 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use self::cached::{CachedToken, Usable};
+use self::cached::{CachedToken, Serves, Usable};
 use self::flight::{Reason, Sched};
 pub use self::header::{CellStats, TokenHeader};
 pub use self::health::Health;
-pub(crate) use self::reader::{CellLink, LocalToken, TokenReader};
+use self::reader::LocalToken;
+pub(crate) use self::reader::{CellLink, TokenReader};
 pub(crate) use self::rejection::{Rejection, RetryPlan};
 use super::policy::RefreshPolicy;
 use super::{AccessToken, TokenSource};
@@ -123,6 +126,8 @@ struct Shared {
     /// Wakes the background refresher when the schedule changes or the cell is dropped.
     wake: Arc<Notify>,
     counters: Counters,
+    /// How many per-thread copies each token gets (see [`stripes`]).
+    stripe_count: usize,
 }
 
 #[derive(Default)]
@@ -185,6 +190,7 @@ impl TokenCell {
                 sched: Mutex::new(Sched::default()),
                 wake: Arc::new(Notify::new()),
                 counters: Counters::default(),
+                stripe_count: stripes::stripe_count(),
             }),
         };
         cell.shared.ensure_refresher();
@@ -198,24 +204,21 @@ impl TokenCell {
     #[must_use]
     #[inline]
     pub fn current(&self) -> Option<TokenHeader> {
-        let shared = &*self.shared;
-        let guard = shared.current.load();
+        let guard = self.shared.current.load();
+        // After the load: no earlier than the instant the token was installed at.
         let now = Instant::now();
         let cached = guard.as_ref()?;
-        if now >= cached.usable_until {
-            return None;
+        match cached.serves(now) {
+            Serves::No => None,
+            Serves::Previous(previous) => Some(previous.header()),
+            Serves::Current => {
+                let header = cached.header();
+                let stale = now >= cached.refresh_at;
+                drop(guard);
+                self.shared.tend(stale, now);
+                Some(header)
+            }
         }
-        if now < cached.valid_from {
-            return cached.previous_at(now).map(cached::Previous::header);
-        }
-        let header = cached.header();
-        let stale = now >= cached.refresh_at;
-        drop(guard);
-        if stale {
-            self.shared.refresh_soon(now, Reason::Proactive);
-        }
-        self.shared.keep_refresher();
-        Some(header)
     }
 
     /// A usable token: the current one, or the outcome of the refresh in flight (started if

@@ -2,39 +2,43 @@
 //! out.
 //!
 //! Under contention what a token holder costs is the cache lines every thread writes: the
-//! reference counts of shared values. A reader keeps the last token it saw and checks with one
-//! relaxed atomic load that the cell still holds it (arc-swap's `Cache`); from its second call on
-//! it hands the token out as a copy of its own (one per token), header value and cell link
-//! included, so that services used on different threads write no count in common. A service's
-//! first call uses the cell's shared copy, so that a service cloned for one call (`oneshot`)
-//! allocates nothing.
-
+//! reference counts of shared values. A service's first call (and a service cloned for one call,
+//! as `oneshot` callers do) reads the cell's token through arc-swap's thread-local debt slots and
+//! hands out its thread's copy (see [`Stripes`](super::stripes)): no count the service's clone
+//! shares with other threads, no allocation. From its second call on a reader keeps the last
+//! token it saw, checks with one relaxed atomic load that the cell still holds it (arc-swap's
+//! `Cache`), and hands it out as a copy of its own (one per token), header value and cell link
+//! included. Cloning a reader clones none of that: a clone starts afresh.
 use std::fmt;
 use std::sync::{Arc, Weak};
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::flight::Reason;
+use super::cached::Serves;
 use super::{CachedToken, Shared, TokenCell};
 
 /// A per-service view of a [`TokenCell`] for the layer's fast path. Behaves as
 /// [`TokenCell::current`]: the clock is read on every call.
+#[derive(Default)]
 pub(crate) struct TokenReader {
-    cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
-    /// This reader's own copy of the token, once it has made one.
-    local: Option<LocalToken>,
+    /// The cache and this reader's own copy, from its second call on.
+    own: Option<Own>,
     /// Whether this reader has handed out a token.
     used: bool,
 }
 
+/// What a reader keeps from its second call on.
+struct Own {
+    cache: arc_swap::Cache<CurrentRef, Option<Arc<CachedToken>>>,
+    /// This reader's own copy of the token, once it has made one.
+    local: Option<LocalToken>,
+}
+
 impl Clone for TokenReader {
+    /// A reader with nothing of its own: cloning takes no reference on the cell or its token.
     fn clone(&self) -> Self {
-        Self {
-            cache: self.cache.clone(),
-            local: None,
-            used: false,
-        }
+        Self::default()
     }
 }
 
@@ -70,12 +74,21 @@ impl LocalToken {
         }
     }
 
-    /// A copy for one service, with a header value and a link of its own.
-    fn copy_of(cached: &CachedToken) -> Self {
-        let shared = cached.token.header_value();
+    /// A token linked to no cell, for tests.
+    #[cfg(test)]
+    pub(super) fn detached(value: HeaderValue, generation: u64) -> Self {
+        Self {
+            value,
+            generation,
+            link: CellLink(Arc::new(Weak::new())),
+        }
+    }
+
+    /// A copy with a header value and a link of its own (two allocations).
+    pub(super) fn deep_copy(&self) -> Self {
         // A deep copy: a header value of its own, with its own reference count.
-        let value = HeaderValue::from_bytes(shared.as_bytes()).map_or_else(
-            |_| shared.clone(),
+        let value = HeaderValue::from_bytes(self.value.as_bytes()).map_or_else(
+            |_| self.value.clone(),
             |mut value| {
                 value.set_sensitive(true);
                 value
@@ -85,15 +98,15 @@ impl LocalToken {
         drop(value.clone());
         Self {
             value,
-            generation: cached.generation,
-            link: CellLink(Arc::new(Weak::clone(&cached.local.link.0))),
+            generation: self.generation,
+            link: CellLink(Arc::new(Weak::clone(&self.link.0))),
         }
     }
 
     /// The `Authorization` value.
     #[inline]
-    pub(crate) fn value(&self) -> HeaderValue {
-        self.value.clone()
+    pub(crate) fn value(&self) -> &HeaderValue {
+        &self.value
     }
 
     /// The token's generation.
@@ -102,10 +115,10 @@ impl LocalToken {
         self.generation
     }
 
-    /// The link to the token's cell.
+    /// The header value and the link to the token's cell, taken apart.
     #[inline]
-    pub(crate) fn link(&self) -> CellLink {
-        self.link.clone()
+    pub(crate) fn into_parts(self) -> (HeaderValue, CellLink) {
+        (self.value, self.link)
     }
 }
 
@@ -131,39 +144,64 @@ impl std::ops::Deref for CurrentRef {
 }
 
 impl TokenReader {
-    pub(crate) fn new(cell: &TokenCell) -> Self {
-        Self {
-            cache: arc_swap::Cache::new(CurrentRef(Arc::clone(&cell.shared))),
-            local: None,
-            used: false,
+    /// As [`TokenCell::current`], the token as a [`LocalToken`] (a clone: two uncontended
+    /// reference counts). `cell` is the cell the reader was made from (passed in rather than
+    /// kept, so that a reader takes no reference on it until its second call).
+    #[inline]
+    pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<LocalToken> {
+        match &mut self.own {
+            Some(own) => own.current(cell),
+            None => self.first(cell),
         }
     }
 
-    /// As [`TokenCell::current`], the token as this reader's [`LocalToken`]. `cell` is the cell
-    /// the reader was made from (passed in rather than kept, so that cloning a reader counts one
-    /// reference less on the cell).
-    #[inline]
-    pub(crate) fn current(&mut self, cell: &TokenCell) -> Option<&LocalToken> {
+    /// The first two calls: the first hands out this thread's copy, the second sets up the
+    /// cache and the reader's own copy.
+    fn first(&mut self, cell: &TokenCell) -> Option<LocalToken> {
+        if std::mem::replace(&mut self.used, true) {
+            return self
+                .own
+                .insert(Own {
+                    cache: arc_swap::Cache::new(CurrentRef(Arc::clone(&cell.shared))),
+                    local: None,
+                })
+                .current(cell);
+        }
+        let guard = cell.shared.current.load();
+        // After the load: no earlier than the instant the token was installed at.
         let now = Instant::now();
-        let cached = self.cache.load().as_ref()?;
-        if now >= cached.usable_until {
-            return None;
-        }
-        if now < cached.valid_from {
-            return cached.previous_at(now).map(|previous| &previous.local);
-        }
-        if now >= cached.refresh_at {
-            cell.shared.refresh_soon(now, Reason::Proactive);
-        }
-        cell.shared.keep_refresher();
-        let own = matches!(&self.local, Some(local) if local.generation == cached.generation);
-        if !own {
-            if !std::mem::replace(&mut self.used, true) {
-                return Some(&cached.local);
+        let cached = guard.as_ref()?;
+        match cached.serves(now) {
+            Serves::No => None,
+            Serves::Previous(previous) => Some(previous.local.clone()),
+            Serves::Current => {
+                let token = cached.stripes.get(&cached.local).clone();
+                let stale = now >= cached.refresh_at;
+                drop(guard);
+                cell.shared.tend(stale, now);
+                Some(token)
             }
-            self.local = Some(LocalToken::copy_of(cached));
         }
-        self.local.as_ref()
+    }
+}
+
+impl Own {
+    #[inline]
+    fn current(&mut self, cell: &TokenCell) -> Option<LocalToken> {
+        let cached = self.cache.load().as_ref()?;
+        // After the load: no earlier than the instant the token was installed at.
+        let now = Instant::now();
+        match cached.serves(now) {
+            Serves::No => None,
+            Serves::Previous(previous) => Some(previous.local.clone()),
+            Serves::Current => {
+                cell.shared.tend(now >= cached.refresh_at, now);
+                match &self.local {
+                    Some(local) if local.generation == cached.generation => Some(local.clone()),
+                    _ => Some(self.local.insert(cached.local.deep_copy()).clone()),
+                }
+            }
+        }
     }
 }
 

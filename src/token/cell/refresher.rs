@@ -36,6 +36,16 @@ impl Shared {
         runtime.spawn(refresher(guard, Arc::clone(&self.wake)));
     }
 
+    /// The fast path's upkeep after handing out a token at `now`: a refresh when the token is
+    /// `stale` (past its refresh point), and a background refresher when none runs.
+    #[inline]
+    pub(super) fn tend(self: &Arc<Self>, stale: bool, now: Instant) {
+        if stale {
+            self.refresh_soon(now, Reason::Proactive);
+        }
+        self.keep_refresher();
+    }
+
     /// [`ensure_refresher`](Self::ensure_refresher) for the fast path: one relaxed load when a
     /// refresher runs (or none is wanted).
     #[inline]
