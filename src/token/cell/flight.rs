@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 
 use super::attempt::supervised;
 use super::fhir_clock::FhirClock;
+use super::runtime::Unusable;
 use super::{Shared, Usable};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
@@ -115,8 +116,8 @@ pub(super) enum Kick {
         until: Instant,
         error: Option<Error>,
     },
-    /// No tokio runtime to run a refresh on.
-    NoRuntime,
+    /// No tokio runtime to run a refresh on (or one without timers).
+    NoRuntime(Unusable),
 }
 
 /// How an attempt ended.
@@ -125,13 +126,6 @@ pub(super) enum Ending {
     Fetched(Result<AccessToken, Error>),
     /// Without a result: cancelled, dropped unpolled, or given up on.
     CutOff,
-}
-
-pub(super) fn no_runtime() -> Error {
-    Error::new(
-        ErrorKind::NoRuntime,
-        "no tokio runtime: a token can only be fetched inside a tokio runtime",
-    )
 }
 
 impl Flight {
@@ -200,8 +194,9 @@ impl Shared {
                 error: sched.last_error.clone(),
             };
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Kick::NoRuntime;
+        let runtime = match self.runtimes.usable() {
+            Ok(runtime) => runtime,
+            Err(why) => return Kick::NoRuntime(why),
         };
         sched.flights += 1;
         let (tx, rx) = watch::channel(None);
@@ -237,9 +232,8 @@ impl Shared {
     /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
     /// until the policy's wait timeout. Counts the wait and its time.
     pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(no_runtime());
-        }
+        // Before any timer is made: tokio panics on a runtime without timers.
+        self.runtimes.usable().map_err(Unusable::error)?;
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         // Counted on drop: a wait whose caller gives up counts too.
         let _clock = WaitClock {
@@ -294,7 +288,7 @@ impl Shared {
                     }
                     tokio::time::sleep_until(until).await;
                 }
-                Kick::NoRuntime => return Err(no_runtime()),
+                Kick::NoRuntime(why) => return Err(why.error()),
             }
         }
     }

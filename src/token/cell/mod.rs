@@ -18,6 +18,7 @@
 //!   when its task has ended or its runtime is gone.
 //! - [`reader`]: the per-service view the layer reads the token through; [`stripes`]: the
 //!   per-thread copies of a token that callers without a copy of their own hand out.
+//! - [`runtime`]: the runtime a cell may fetch on (the current one, if it has timers).
 
 mod attempt;
 mod cached;
@@ -28,6 +29,7 @@ mod health;
 mod reader;
 mod refresher;
 mod rejection;
+mod runtime;
 mod stripes;
 
 use std::fmt;
@@ -85,8 +87,9 @@ use crate::store::{StorePolicy, TokenStore};
 /// idle one (a struct owning a runtime and calling `block_on` per method): the guarantees above
 /// hold in each case. A refresh needs a tokio runtime to run on: with none at all,
 /// [`current`](Self::current) still hands out a usable token, and a caller that needs a new one
-/// gets [`ErrorKind::NoRuntime`](crate::ErrorKind::NoRuntime). While no runtime runs, no token is
-/// renewed; the first use on a running one renews it.
+/// gets [`ErrorKind::NoRuntime`](crate::ErrorKind::NoRuntime); so does one on a runtime built
+/// without timers (`enable_time`), where the cell never makes a timer. While no runtime runs, no
+/// token is renewed; the first use on a running one renews it.
 ///
 /// # Example
 ///
@@ -128,6 +131,8 @@ struct Shared {
     counters: Counters,
     /// How many per-thread copies each token gets (see [`stripes`]).
     stripe_count: usize,
+    /// Which runtimes have timers, as far as the cell has seen (see [`runtime`]).
+    runtimes: runtime::Runtimes,
 }
 
 #[derive(Default)]
@@ -191,6 +196,7 @@ impl TokenCell {
                 wake: Arc::new(Notify::new()),
                 counters: Counters::default(),
                 stripe_count: stripes::stripe_count(),
+                runtimes: runtime::Runtimes::default(),
             }),
         };
         cell.shared.ensure_refresher();

@@ -26,7 +26,8 @@ impl Shared {
         if !self.needs_refresher.load(Ordering::Acquire) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Not on a runtime without timers: the refresher sleeps.
+        let Ok(runtime) = self.runtimes.usable() else {
             return;
         };
         if !self.needs_refresher.swap(false, Ordering::AcqRel) {

@@ -131,8 +131,11 @@ impl RetryPlan {
         cell: &TokenCell,
         verdict: Rejection,
     ) -> Result<Option<super::TokenHeader>, crate::Error> {
+        // (Waiting needs a timer: on a runtime without, the token is renewed instead, which
+        // fails there with a typed error.)
         if let Rejection::NotYetValid { until } = verdict
             && !self.waited
+            && cell.shared.runtimes.usable().is_ok()
             && let Some(token) = cell.header_of(self.generation)
         {
             self.waited = true;

@@ -14,10 +14,10 @@
 //! another, get different stripes.
 
 use std::cell::Cell;
-use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use super::LocalToken;
+use super::runtime::number_of;
 
 /// At most this many copies per token (a power of two).
 const MAX_STRIPES: usize = 64;
@@ -77,31 +77,12 @@ fn thread_index() -> usize {
     })
 }
 
-/// The current thread's `ThreadId` as a number (std does not expose it on stable Rust: it is
-/// read through `Hash`, which writes it as one integer).
+/// The current thread's `ThreadId` as a number (std does not expose it on stable Rust).
 #[cold]
 fn thread_number() -> usize {
-    /// Keeps what is hashed, mixed as little as possible, so sequential ids stay sequential.
-    #[derive(Default)]
-    struct Capture(u64);
-    impl Hasher for Capture {
-        fn write(&mut self, bytes: &[u8]) {
-            for &byte in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-            }
-        }
-        fn write_u64(&mut self, n: u64) {
-            self.0 ^= n;
-        }
-        fn finish(&self) -> u64 {
-            self.0
-        }
-    }
-    let mut capture = Capture::default();
-    std::thread::current().id().hash(&mut capture);
     // Truncation is fine: only the low bits pick a stripe. `usize::MAX` is the "unset" marker.
     #[allow(clippy::cast_possible_truncation)]
-    let number = capture.finish() as usize;
+    let number = number_of(&std::thread::current().id()) as usize;
     number.min(usize::MAX - 1)
 }
 

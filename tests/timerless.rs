@@ -1,0 +1,154 @@
+//! A tokio runtime built without timers (`Builder::enable_time` not called). tokio panics when a
+//! timer is made on one; the cell must not: it hands out the token it holds, fetches nothing
+//! there, and a caller that needs a new token gets a typed error. Every use on such a runtime
+//! once panicked inside tokio (the wait) or in a spawned task (the refresher, the attempt), one
+//! panic per request.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use koppeltaal_auth::testing::FakeTokenSource;
+use koppeltaal_auth::{ErrorKind, KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
+use tower::{Layer, ServiceExt};
+
+/// Panics whose message says timers are disabled, anywhere in this test binary (the hook
+/// counts them and prints nothing).
+static TIMER_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_timer_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if message.contains("timers are disabled") {
+                TIMER_PANICS.fetch_add(1, Ordering::SeqCst);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn timerless() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn with_timers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// A cell holding a first token, fetched on a runtime with timers (dropped since).
+fn cell_with_a_token(policy: RefreshPolicy) -> (FakeTokenSource, TokenCell) {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(60));
+    let cell = TokenCell::new(source.clone(), policy);
+    with_timers().block_on(cell.ready()).unwrap();
+    (source, cell)
+}
+
+#[test]
+fn a_caller_that_needs_a_token_gets_a_typed_error_not_a_panic() {
+    count_timer_panics();
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), RefreshPolicy::default());
+    let runtime = timerless();
+    for _ in 0..100 {
+        let err = runtime.block_on(cell.token()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoRuntime);
+        assert!(err.to_string().contains("enable_time"), "{err}");
+    }
+    assert_eq!(source.fetches_started(), 0);
+    // The first use probed the runtime (tokio's panic, caught); no use after it made a timer.
+    assert!(
+        TIMER_PANICS.load(Ordering::SeqCst) <= 2,
+        "one probe per test"
+    );
+    // On a runtime with timers the same cell fetches.
+    let token = with_timers().block_on(cell.token()).unwrap();
+    assert_eq!(token.generation(), 1);
+}
+
+/// 1,000 requests through the layer (a clone per request) and `current()` on the timerless
+/// runtime: all get the token, at most one timer panic (the probe), nothing fetched there.
+fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell) {
+    let layer = KoppeltaalAuthLayer::new(cell.clone(), "https://fhir.example.org/fhir").unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(tower::service_fn({
+        let answered = Arc::clone(&answered);
+        move |request: Request<Full<Bytes>>| {
+            assert!(request.headers().contains_key(http::header::AUTHORIZATION));
+            answered.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(Full::<
+                Bytes,
+            >::default(
+            ))))
+        }
+    }));
+    let runtime = timerless();
+    let (panics_before, fetches_before) = (
+        TIMER_PANICS.load(Ordering::SeqCst),
+        source.fetches_started(),
+    );
+    runtime.block_on(async {
+        for _ in 0..1_000 {
+            assert_eq!(cell.current().unwrap().generation(), 1);
+            let request = Request::get("https://fhir.example.org/fhir/Patient/1")
+                .body(Full::default())
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            // Let spawned tasks, if any, run (and panic) now.
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(answered.load(Ordering::SeqCst), 1_000);
+    let panics = TIMER_PANICS.load(Ordering::SeqCst) - panics_before;
+    assert!(panics <= 2, "{panics} timer panics for 1,000 requests");
+    assert_eq!(
+        source.fetches_started(),
+        fetches_before,
+        "nothing fetched on the timerless runtime"
+    );
+    assert_eq!(
+        cell.stats().fetches_failed,
+        0,
+        "no attempt started (and failed) there"
+    );
+}
+
+/// The background refresher (needed again once the first runtime is gone) is not started on a
+/// runtime without timers: it would panic in its first sleep, and be started again by the next
+/// request.
+#[test]
+fn no_refresher_is_started_request_after_request() {
+    count_timer_panics();
+    let (source, cell) = cell_with_a_token(RefreshPolicy::default());
+    serve_a_thousand_requests(&source, &cell);
+}
+
+/// A token past its refresh point (from the start: the whole lifetime is refresh-ahead) starts
+/// no attempt on a runtime without timers: it would panic at its timeout.
+#[test]
+fn no_refresh_is_started_request_after_request() {
+    count_timer_panics();
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(Duration::from_secs(3_600), 1.0, 1.0)
+        .background_refresh(false);
+    let (source, cell) = cell_with_a_token(policy);
+    serve_a_thousand_requests(&source, &cell);
+}
