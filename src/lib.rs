@@ -68,6 +68,7 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod authenticator;
 mod clock;
 mod config;
 mod endpoint;
@@ -109,7 +110,8 @@ pub use crate::assertion::{
     ClientAssertion, DEFAULT_ASSERTION_LIFETIME, DEFAULT_IAT_BACKDATE, MAX_ASSERTION_LIFETIME,
     SignedAssertion,
 };
-pub use crate::config::{Authenticator, KoppeltaalAuthBuilder};
+pub use crate::authenticator::Authenticator;
+pub use crate::config::KoppeltaalAuthBuilder;
 pub use crate::error::{BoxError, Error, ErrorKind, OAuthError, OAuthErrorCode};
 pub use crate::key::{Algorithm, KeyId, SigningKey};
 pub use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet, MAX_PROPAGATION_DELAY};

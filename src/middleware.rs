@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{Extensions, StatusCode, header::AUTHORIZATION};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::config::Authenticator;
+use crate::authenticator::Authenticator;
 use crate::layer::{AuthShared, KoppeltaalAuthLayer};
 use crate::token::{Rejection, RetryPlan};
 
