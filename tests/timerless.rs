@@ -152,3 +152,57 @@ fn no_refresh_is_started_request_after_request() {
     let (source, cell) = cell_with_a_token(policy);
     serve_a_thousand_requests(&source, &cell);
 }
+
+/// Several runtimes without timers (a thread each, as a sync program with one runtime per
+/// worker might have) sharing one cell: each is probed once, not once per request.
+#[test]
+fn each_runtime_without_timers_is_probed_once() {
+    count_timer_panics();
+    let (source, cell) = cell_with_a_token(RefreshPolicy::default());
+    let before = TIMER_PANICS.load(Ordering::SeqCst);
+    let served = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (cell, served) = (cell.clone(), Arc::clone(&served));
+            std::thread::spawn(move || {
+                let runtime = timerless();
+                runtime.block_on(async {
+                    for _ in 0..250 {
+                        assert!(cell.current().is_some());
+                        assert_eq!(
+                            cell.token().await.unwrap().generation(),
+                            1,
+                            "the token it holds, without a wait"
+                        );
+                        tokio::task::yield_now().await;
+                    }
+                    // Every thread served; then the token is rejected (once for all).
+                    served.wait();
+                    cell.invalidate(1);
+                    let err = cell.token().await.unwrap_err();
+                    assert_eq!(err.kind(), ErrorKind::NoRuntime);
+                });
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let panics = TIMER_PANICS.load(Ordering::SeqCst) - before;
+    assert!(panics <= 4, "{panics} timer panics for 4 runtimes");
+    assert_eq!(source.fetches_started(), 1);
+}
+
+/// A runtime that is shut down while a handle on it is still used: its timers panic when polled,
+/// so the cell fetches nothing there either.
+#[test]
+fn a_runtime_shut_down_behind_a_handle_gets_a_typed_error() {
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::new(source.clone(), RefreshPolicy::default());
+    let runtime = with_timers();
+    let handle = runtime.handle().clone();
+    drop(runtime);
+    let err = handle.block_on(cell.token()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoRuntime);
+    assert_eq!(source.fetches_started(), 0);
+}

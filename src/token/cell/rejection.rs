@@ -42,14 +42,14 @@ impl TokenCell {
             return Rejection::Renew;
         };
         let shared = &*self.shared;
+        // Waiting needs tokio's timer, where the request runs.
+        let timers = shared.runtimes.usable().is_ok();
         let mut sched = shared.lock();
         sched.fhir_clock = Some(reading);
         let wait = shared.policy.fhir_clock_wait;
         let Some(start) = shared.start_of(generation) else {
             return Rejection::Renew;
         };
-        // Waiting needs tokio's timer, where the request runs.
-        let timers = tokio::runtime::Handle::try_current().is_ok();
         if !may_wait || !timers || wait.is_zero() || reading.date() >= start {
             // Its clock had passed the token's start: the token itself was refused.
             return Rejection::Renew;

@@ -6,24 +6,32 @@
 //! one without, it hands out the token it holds and a caller that needs a new one gets
 //! [`ErrorKind::NoRuntime`](crate::ErrorKind::NoRuntime), as outside any runtime.
 //!
-//! tokio has no way to ask whether a runtime has timers, so the first time a cell meets a runtime
-//! it makes a timer inside `catch_unwind` and remembers the answer for that runtime. On a runtime
-//! without timers tokio's panic message is printed once (by the panic hook) before the cell
-//! reports it with a `tracing` error; the panic goes no further.
+//! tokio has no way to ask whether a runtime has timers, so the cell makes one inside
+//! `catch_unwind` (and polls it once, which also finds a runtime that is shutting down), on the
+//! slow paths only: before a wait, a refresh or starting the background refresher. A runtime
+//! found without them is remembered by its id, so that it is probed once per cell: tokio's panic
+//! message is then printed once by the panic hook (a hook that reports panics, or
+//! `panic = "abort"`, sees it as a panic: build runtimes with `enable_time()`), and the cell
+//! reports it with a `tracing` error. The panic goes no further.
 
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Waker};
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Id};
 
 use crate::error::{Error, ErrorKind};
+
+/// How many runtimes without timers a cell remembers (the oldest is forgotten first).
+const REMEMBERED: usize = 16;
 
 /// Why there is no runtime to fetch on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Unusable {
     /// No tokio runtime at all.
     NoRuntime,
-    /// A tokio runtime built without timers.
+    /// A tokio runtime built without timers, or shutting down.
     NoTimers,
 }
 
@@ -36,75 +44,59 @@ impl Unusable {
                     "no tokio runtime: a token can only be fetched inside a tokio runtime"
                 }
                 Self::NoTimers => {
-                    "the tokio runtime has no timers: a token can only be fetched on a runtime \
-                     built with `enable_time()` (or `enable_all()`)"
+                    "the tokio runtime has no timers (or is shutting down): a token can only be \
+                     fetched on a running runtime built with `enable_time()` (or `enable_all()`)"
                 }
             },
         )
     }
 }
 
-/// What a cell knows of the runtimes it met: the last one with timers and the last one
-/// without, by id (0: none yet).
+/// The runtimes a cell found without timers, most recent last.
 #[derive(Debug, Default)]
 pub(super) struct Runtimes {
-    with_timers: AtomicU64,
-    without_timers: AtomicU64,
+    without_timers: Mutex<Vec<Id>>,
 }
 
 impl Runtimes {
-    /// The current runtime, if a cell may fetch on it.
+    /// The current runtime, if a cell may fetch on it. For slow paths: it may take a lock and
+    /// make a timer.
     pub(super) fn usable(&self) -> Result<Handle, Unusable> {
         let handle = Handle::try_current().map_err(|_| Unusable::NoRuntime)?;
-        let id = number_of(&handle.id()).max(1);
-        if self.with_timers.load(Ordering::Relaxed) == id {
-            return Ok(handle);
-        }
-        if self.without_timers.load(Ordering::Relaxed) == id {
+        let id = handle.id();
+        let mut without = self
+            .without_timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if without.contains(&id) {
             return Err(Unusable::NoTimers);
         }
         if has_timers() {
-            self.with_timers.store(id, Ordering::Relaxed);
-            Ok(handle)
-        } else {
-            self.without_timers.store(id, Ordering::Relaxed);
-            tracing::error!(
-                "this tokio runtime was built without timers (`enable_time()`): tokens are not \
-                 fetched or refreshed on it (the panic message above is tokio's, caught)"
-            );
-            Err(Unusable::NoTimers)
+            return Ok(handle);
         }
+        if without.len() >= REMEMBERED {
+            without.remove(0);
+        }
+        without.push(id);
+        drop(without);
+        tracing::error!(
+            "this tokio runtime has no timers (built without `enable_time()`) or is shutting \
+             down: tokens are not fetched or refreshed on it (the panic message above is tokio's, \
+             caught)"
+        );
+        Err(Unusable::NoTimers)
     }
 }
 
-/// Whether the current runtime has timers: makes one, catching tokio's panic if it has none.
+/// Whether the current runtime has working timers: makes one and polls it once, catching
+/// tokio's panic if it has none (or is shutting down).
 #[cold]
 fn has_timers() -> bool {
-    std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).is_ok()
-}
-
-/// A value that hashes as one integer (a `ThreadId`, a runtime `Id`) as that integer; any other
-/// value as some mix of its bytes. Neither id type exposes its number on stable Rust.
-pub(super) fn number_of(value: &impl Hash) -> u64 {
-    /// Keeps what is hashed, mixed as little as possible, so sequential ids stay sequential.
-    #[derive(Default)]
-    struct Capture(u64);
-    impl Hasher for Capture {
-        fn write(&mut self, bytes: &[u8]) {
-            for &byte in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-            }
-        }
-        fn write_u64(&mut self, n: u64) {
-            self.0 ^= n;
-        }
-        fn finish(&self) -> u64 {
-            self.0
-        }
-    }
-    let mut capture = Capture::default();
-    value.hash(&mut capture);
-    capture.finish()
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut sleep = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    }))
+    .is_ok()
 }
 
 #[cfg(test)]
@@ -120,24 +112,16 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_with_timers_is_usable_and_remembered() {
+    fn a_runtime_with_timers_is_usable() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         let runtimes = Runtimes::default();
         let _entered = runtime.enter();
-        assert!(runtimes.usable().is_ok());
-        assert_eq!(
-            runtimes.with_timers.load(Ordering::Relaxed),
-            number_of(&runtime.handle().id()).max(1)
-        );
-        assert!(runtimes.usable().is_ok());
-    }
-
-    #[test]
-    fn sequential_numbers_stay_sequential() {
-        assert_eq!(number_of(&std::num::NonZero::new(41u64).unwrap()), 41);
-        assert_eq!(number_of(&42u64), 42);
+        for _ in 0..3 {
+            assert_eq!(runtimes.usable().unwrap().id(), runtime.handle().id());
+        }
+        assert!(runtimes.without_timers.lock().unwrap().is_empty());
     }
 }

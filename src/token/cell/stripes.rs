@@ -9,15 +9,15 @@
 //! are more threads than stripes. A copy is made at most once per stripe and token: no
 //! allocation on the fast path.
 //!
-//! Which stripe a thread uses comes from its [`ThreadId`](std::thread::ThreadId), read once per
-//! thread: ids are handed out in sequence, so the worker threads of a runtime, started one after
-//! another, get different stripes.
+//! Which stripe a thread uses comes from a number given to each thread the first time it uses a
+//! cell: numbers are handed out in sequence, so the worker threads of a runtime get different
+//! stripes.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::LocalToken;
-use super::runtime::number_of;
 
 /// At most this many copies per token (a power of two).
 const MAX_STRIPES: usize = 64;
@@ -61,7 +61,8 @@ pub(super) fn stripe_count() -> usize {
         .next_power_of_two()
 }
 
-/// This thread's index: its `ThreadId` as a number, read once per thread.
+/// This thread's index: the order in which threads first used a token cell, counted once per
+/// thread (threads that start one after another, a runtime's workers, get consecutive ones).
 #[inline]
 fn thread_index() -> usize {
     thread_local! {
@@ -70,20 +71,21 @@ fn thread_index() -> usize {
     INDEX.with(|index| {
         let mut value = index.get();
         if value == usize::MAX {
-            value = thread_number();
+            value = next_thread_index();
             index.set(value);
         }
         value
     })
 }
 
-/// The current thread's `ThreadId` as a number (std does not expose it on stable Rust).
+/// The next thread's index. A counter for the whole process (one increment per thread, ever):
+/// it is what makes a runtime's workers use different stripes (`oneshot_ratios` in
+/// `benches/` measures what that saves).
 #[cold]
-fn thread_number() -> usize {
-    // Truncation is fine: only the low bits pick a stripe. `usize::MAX` is the "unset" marker.
-    #[allow(clippy::cast_possible_truncation)]
-    let number = number_of(&std::thread::current().id()) as usize;
-    number.min(usize::MAX - 1)
+fn next_thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Wraps after `usize::MAX` threads; `usize::MAX` itself is the "unset" marker.
+    NEXT.fetch_add(1, Ordering::Relaxed) % (usize::MAX - 1)
 }
 
 #[cfg(test)]
@@ -129,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_started_in_sequence_get_different_indexes() {
+    fn threads_get_different_indexes_in_sequence() {
         let mine = thread_index();
         assert_eq!(thread_index(), mine, "read once per thread, then kept");
         let others: Vec<usize> = (0..4)
