@@ -2,11 +2,12 @@
 //! and the cell's counters.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
+use tokio::time::Instant;
 
-#[cfg(doc)]
 use super::TokenCell;
 
 /// A usable token as the cell hands it out: the ready `Authorization` value and its generation.
@@ -74,4 +75,49 @@ pub struct CellStats {
     pub replays: u64,
     /// Total time callers spent waiting for a token (see `waits`).
     pub wait_time: Duration,
+}
+
+/// What a cell counts, read by [`TokenCell::stats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) fetches_ok: AtomicU64,
+    pub(super) fetches_failed: AtomicU64,
+    pub(super) waits: AtomicU64,
+    pub(super) invalidations: AtomicU64,
+    pub(super) adopted: AtomicU64,
+    pub(super) store_unavailable: AtomicU64,
+    pub(super) replays: AtomicU64,
+    pub(super) wait_nanos: AtomicU64,
+}
+
+impl TokenCell {
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> CellStats {
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let consecutive_failures = shared.lock().failures;
+        let guard = shared.current.load();
+        let now = Instant::now();
+        CellStats {
+            fetches_ok: counters.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: counters.fetches_failed.load(Ordering::Relaxed),
+            waits: counters.waits.load(Ordering::Relaxed),
+            invalidations: counters.invalidations.load(Ordering::Relaxed),
+            generation: guard.as_ref().map_or(0, |cached| cached.generation),
+            time_to_expiry: guard
+                .as_ref()
+                .map(|cached| cached.token.expires_at().saturating_duration_since(now)),
+            consecutive_failures,
+            adopted_from_store: counters.adopted.load(Ordering::Relaxed),
+            store_unavailable: counters.store_unavailable.load(Ordering::Relaxed),
+            replays: counters.replays.load(Ordering::Relaxed),
+            wait_time: std::time::Duration::from_nanos(counters.wait_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Counts a request sent again after a `401` (for [`CellStats::replays`]).
+    pub(crate) fn count_replay(&self) {
+        self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -11,7 +11,8 @@
 //!   caller that needs a token; every wait honours its deadline.
 //! - [`attempt`]: one attempt: fetching, supervising, installing its token.
 //! - [`rejection`]: a token the server rejected.
-//! - [`header`]: the values the cell hands out; [`cached`]: a token with its instants.
+//! - [`header`]: the values the cell hands out, and its counters; [`cached`]: a token with its
+//!   instants.
 //! - [`fhir_clock`]: the FHIR server's clock, when it is behind the auth server's.
 //! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
 //!   request path). It is started again by the next use, on whatever runtime that use runs on,
@@ -33,7 +34,7 @@ mod runtime;
 mod stripes;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use arc_swap::ArcSwapOption;
@@ -42,6 +43,7 @@ use tokio::time::Instant;
 
 use self::cached::{CachedToken, Serves, Usable};
 use self::flight::{Reason, Sched};
+use self::header::Counters;
 pub use self::header::{CellStats, TokenHeader};
 pub use self::health::Health;
 use self::reader::LocalToken;
@@ -133,18 +135,6 @@ struct Shared {
     stripe_count: usize,
     /// Which runtimes have timers, as far as the cell has seen (see [`runtime`]).
     runtimes: runtime::Runtimes,
-}
-
-#[derive(Default)]
-struct Counters {
-    fetches_ok: AtomicU64,
-    fetches_failed: AtomicU64,
-    waits: AtomicU64,
-    invalidations: AtomicU64,
-    adopted: AtomicU64,
-    store_unavailable: AtomicU64,
-    replays: AtomicU64,
-    wait_nanos: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -306,39 +296,9 @@ impl TokenCell {
         self.shared.confirm(generation);
     }
 
-    /// The counters.
-    #[must_use]
-    pub fn stats(&self) -> CellStats {
-        let shared = &*self.shared;
-        let counters = &shared.counters;
-        let consecutive_failures = shared.lock().failures;
-        let guard = shared.current.load();
-        let now = Instant::now();
-        CellStats {
-            fetches_ok: counters.fetches_ok.load(Ordering::Relaxed),
-            fetches_failed: counters.fetches_failed.load(Ordering::Relaxed),
-            waits: counters.waits.load(Ordering::Relaxed),
-            invalidations: counters.invalidations.load(Ordering::Relaxed),
-            generation: guard.as_ref().map_or(0, |cached| cached.generation),
-            time_to_expiry: guard
-                .as_ref()
-                .map(|cached| cached.token.expires_at().saturating_duration_since(now)),
-            consecutive_failures,
-            adopted_from_store: counters.adopted.load(Ordering::Relaxed),
-            store_unavailable: counters.store_unavailable.load(Ordering::Relaxed),
-            replays: counters.replays.load(Ordering::Relaxed),
-            wait_time: std::time::Duration::from_nanos(counters.wait_nanos.load(Ordering::Relaxed)),
-        }
-    }
-
     /// The policy.
     pub fn policy(&self) -> &RefreshPolicy {
         &self.shared.policy
-    }
-
-    /// Counts a request sent again after a `401` (for [`CellStats::replays`]).
-    pub(crate) fn count_replay(&self) {
-        self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A handle that does not keep the cell alive.
