@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -212,9 +212,7 @@ where
     } else {
         None
     };
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.value().clone());
+    crate::service::put_token(request.headers_mut(), token.value().clone());
     // `service` was driven to readiness by the caller before `call`.
     let response = service.call(request).await.map_err(Into::into)?;
     if response.status() != StatusCode::UNAUTHORIZED {
@@ -307,9 +305,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, token.value().clone());
+    crate::service::put_token(request.headers_mut(), token.value().clone());
     poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(Into::into)?;

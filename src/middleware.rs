@@ -82,9 +82,7 @@ impl Middleware for KoppeltaalAuthMiddleware {
         } else {
             None
         };
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, token.value().clone());
+        crate::service::put_token(request.headers_mut(), token.value().clone());
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -126,9 +124,7 @@ impl Middleware for KoppeltaalAuthMiddleware {
                 return Ok(last);
             };
             drop(last);
-            again
-                .headers_mut()
-                .insert(AUTHORIZATION, token.value().clone());
+            crate::service::put_token(again.headers_mut(), token.value().clone());
             cell.count_replay();
             let response = next.clone().run(again, extensions).await?;
             if response.status() != StatusCode::UNAUTHORIZED {

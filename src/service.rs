@@ -89,16 +89,45 @@ impl<S> fmt::Debug for KoppeltaalAuth<S> {
 }
 
 /// Adds the token unless the request has its own `Authorization` (then: `false`, and the
-/// request is unchanged, every one of its values kept). One header-map lookup.
+/// request keeps every one of its values, in their order) or its header map is full (`false`,
+/// nothing added). One header-map lookup on the common path: appending costs what inserting
+/// does (a lookup through the entry API costs more), and a value appended to the caller's own is
+/// taken out again (rare: a request with its own `Authorization` that finds a fresh token).
 #[inline]
 fn insert_token<B>(request: &mut Request<B>, value: HeaderValue) -> bool {
-    match request.headers_mut().entry(AUTHORIZATION) {
-        http::header::Entry::Vacant(entry) => {
-            entry.insert(value);
-            true
+    match request.headers_mut().try_append(AUTHORIZATION, value) {
+        Ok(false) => true,
+        Ok(true) => {
+            take_back_token(request.headers_mut());
+            false
         }
-        // The caller's own header. (A replay copy, if any, was wasted: rare.)
-        http::header::Entry::Occupied(_) => false,
+        Err(_) => false,
+    }
+}
+
+/// Sets the token on a request that has no `Authorization` of its own (the slow path, a
+/// replay). `false` (with a warning) when the header map is full: the request then goes out
+/// without a token, and the server answers it.
+pub(crate) fn put_token(headers: &mut http::HeaderMap, value: HeaderValue) -> bool {
+    let put = headers.try_insert(AUTHORIZATION, value).is_ok();
+    if !put {
+        tracing::warn!("the request's header map is full: sending it without the token");
+    }
+    put
+}
+
+/// Removes the last `Authorization` value (the token just appended after the caller's own).
+#[cold]
+fn take_back_token(headers: &mut http::HeaderMap) {
+    let Ok(http::header::Entry::Occupied(entry)) = headers.try_entry(AUTHORIZATION) else {
+        return;
+    };
+    let (_, values) = entry.remove_entry_mult();
+    let mut values: Vec<HeaderValue> = values.collect();
+    values.pop();
+    for value in values {
+        // Room for them: they were there a moment ago.
+        let _ = headers.try_append(AUTHORIZATION, value);
     }
 }
 
@@ -157,5 +186,70 @@ where
                 ResponseFuture::waiting(ready, request, Arc::clone(&self.shared))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(own: &[&'static str]) -> Request<()> {
+        let mut request = Request::new(());
+        for value in own {
+            request
+                .headers_mut()
+                .append(AUTHORIZATION, HeaderValue::from_static(value));
+        }
+        request
+    }
+
+    fn authorization(request: &Request<()>) -> Vec<&str> {
+        request
+            .headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(|value| value.to_str().unwrap())
+            .collect()
+    }
+
+    const TOKEN: HeaderValue = HeaderValue::from_static("Bearer ours");
+
+    #[test]
+    fn the_token_goes_into_a_request_without_authorization() {
+        let mut request = request(&[]);
+        assert!(insert_token(&mut request, TOKEN));
+        assert_eq!(authorization(&request), ["Bearer ours"]);
+    }
+
+    #[test]
+    fn a_callers_own_values_are_kept_in_their_order() {
+        for own in [&["Bearer theirs"][..], &["Basic a", "Bearer b", "Bearer c"]] {
+            let mut request = request(own);
+            request
+                .headers_mut()
+                .insert("x-other", HeaderValue::from_static("kept"));
+            assert!(!insert_token(&mut request, TOKEN));
+            assert_eq!(authorization(&request), own);
+            assert_eq!(request.headers()["x-other"], "kept");
+        }
+    }
+
+    #[test]
+    fn a_full_header_map_gets_no_token_and_no_panic() {
+        let mut request = request(&[]);
+        let mut n = 0u32;
+        while request
+            .headers_mut()
+            .try_append(
+                http::HeaderName::try_from(format!("x-{n}")).unwrap(),
+                HeaderValue::from_static("v"),
+            )
+            .is_ok()
+        {
+            n += 1;
+            assert!(n < 100_000, "the map never filled");
+        }
+        assert!(!insert_token(&mut request, TOKEN));
+        assert!(request.headers().get(AUTHORIZATION).is_none());
     }
 }

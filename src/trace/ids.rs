@@ -231,11 +231,12 @@ fn own_or(
     name: HeaderName,
     ours: impl FnOnce() -> Option<FhirId>,
 ) -> Option<FhirId> {
-    match headers.entry(name) {
+    // (A full header map gets no id: no panic.)
+    match headers.try_entry(name).ok()? {
         http::header::Entry::Occupied(own) => FhirId::from_header(own.get()).ok(),
         http::header::Entry::Vacant(entry) => {
             let id = ours()?;
-            entry.insert(id.to_header_value());
+            entry.try_insert(id.to_header_value()).ok()?;
             Some(id)
         }
     }
