@@ -165,7 +165,7 @@ impl KoppeltaalAuthBuilder {
     }
 
     /// Turns replaying requests after a `401` on or off. On by default; see
-    /// [`KoppeltaalAuthLayer::replay_on_401`].
+    /// [`KoppeltaalAuthLayer::replay_on_401`](crate::KoppeltaalAuthLayer::replay_on_401).
     pub fn replay_on_401(mut self, enabled: bool) -> Self {
         self.no_replay = !enabled;
         self
