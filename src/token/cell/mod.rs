@@ -59,8 +59,9 @@ use crate::store::{StorePolicy, TokenStore};
 /// Built from any [`TokenSource`] and a [`RefreshPolicy`]; cheap to clone (clones share the token).
 ///
 /// - [`current`](Self::current) is the fast path: one lock-free load and one clock read, no
-///   allocation, no `.await`. It returns the token while it is usable and, once the token is past
-///   its refresh point, starts one refresh without waiting for it.
+///   `.await`, and no allocation but a thread's own copy of each new token, made the first time
+///   that thread hands it out. It returns the token while it is usable and, once the token is
+///   past its refresh point, starts one refresh without waiting for it.
 /// - [`token`](Self::token) also waits, when there is no usable token, for the one refresh in
 ///   flight (starting it if needed), for at most the policy's wait timeout.
 /// - [`invalidate`](Self::invalidate) and [`renewed`](Self::renewed) handle a `401` from the
@@ -193,9 +194,10 @@ impl TokenCell {
         cell
     }
 
-    /// The token, if one is usable now. Never waits, locks or allocates. Starts one refresh
-    /// (without waiting for it, and only inside a tokio runtime) when the token is past its
-    /// refresh point. Without a usable token it returns `None`; [`token`](Self::token) then
+    /// The token, if one is usable now. Never waits or locks; allocates only the first time this
+    /// thread hands out this token (its own copy, so that threads share no count). Starts one
+    /// refresh (without waiting for it, and only inside a tokio runtime) when the token is past
+    /// its refresh point. Without a usable token it returns `None`; [`token`](Self::token) then
     /// fetches one.
     #[must_use]
     #[inline]
