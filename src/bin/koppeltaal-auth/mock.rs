@@ -126,6 +126,8 @@ pub(crate) async fn mock(args: &MockArgs) -> Result<(), Failure> {
                 format!("cannot listen on 127.0.0.1:{}: {err}", args.port),
             )
         })?;
+    // No request is served before everything below is set: the tool runs on a current-thread
+    // runtime, where the server's task runs only once this one awaits (at `stop.await`).
     for (id, source) in &clients {
         match source {
             Ok(jwks) => mock.register_client(id, jwks),
