@@ -59,13 +59,14 @@ impl HeadSnapshot {
             uri = uri.path_and_query(path_and_query);
         }
         let uri = uri.build().ok()?;
-        let mut headers = http::HeaderMap::with_capacity(self.headers);
+        // The capacity counts names, `headers` values (unbounded under one name): a hint, capped.
+        let mut headers = http::HeaderMap::try_with_capacity(self.headers.min(1024)).ok()?;
         while let Some((&flag, tail)) = rest.split_first() {
             rest = tail;
             let name = http::HeaderName::from_bytes(take(&mut rest)??).ok()?;
             let mut value = http::HeaderValue::from_bytes(take(&mut rest)??).ok()?;
             value.set_sensitive(flag != 0);
-            headers.append(name, value);
+            headers.try_append(name, value).ok()?;
         }
         // A buffer cut at a header boundary would parse: the count catches it.
         (headers.len() == self.headers).then_some((uri, headers))

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::token::BoxFuture;
+use crate::token::{BoxFuture, MAX_TOKEN_LIFETIME};
 
 /// A token as it is shared: the value, how much of its life is left, and the lifetime it was
 /// issued with.
@@ -32,7 +32,8 @@ pub struct StoredToken {
 }
 
 impl StoredToken {
-    /// A shared token that expires `expires_in` from now and was issued for `lifetime`.
+    /// A shared token that expires `expires_in` from now and was issued for `lifetime` (each
+    /// clamped to [`MAX_TOKEN_LIFETIME`], a year).
     #[must_use]
     pub fn new(
         token: impl Into<String>,
@@ -40,10 +41,11 @@ impl StoredToken {
         lifetime: Duration,
         scope: Option<String>,
     ) -> Self {
+        // Bounded as every token is: what a store hands back cannot overflow instant arithmetic.
         Self {
             token: token.into(),
-            expires_in,
-            lifetime,
+            expires_in: expires_in.min(MAX_TOKEN_LIFETIME),
+            lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
             scope,
         }
     }

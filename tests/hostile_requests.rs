@@ -115,3 +115,58 @@ async fn a_callers_own_authorization_values_are_all_kept_in_order() {
         vec![own.map(String::from).to_vec(); 3]
     );
 }
+
+/// An inner service that answers `401` to the first token it sees and `200` to any other.
+fn rejecting_the_first_token(
+    seen: Arc<Mutex<Vec<Vec<String>>>>,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |request: Request<Body>| {
+        let token = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let mut seen = seen.lock().unwrap();
+        let first = seen.first().and_then(|values| values.first()).cloned();
+        seen.push(vec![token.clone()]);
+        let mut response = Response::new(Body::default());
+        if first.is_none_or(|first| first == token) {
+            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
+
+#[tokio::test]
+async fn a_request_with_25_000_values_of_one_header_is_replayed_after_a_401() {
+    let auth = authenticator();
+    auth.ready().await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let service = auth
+        .layer()
+        .layer(rejecting_the_first_token(Arc::clone(&seen)));
+    let mut request = Request::get(format!("{BASE}/Patient/1"))
+        .body(Body::default())
+        .unwrap();
+    for _ in 0..25_000 {
+        request
+            .headers_mut()
+            .append("x-many", HeaderValue::from_static("v"));
+    }
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        http::StatusCode::OK,
+        "replayed with a new token"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0], seen[1]);
+}

@@ -73,23 +73,16 @@ pub(crate) fn stored(token: &AccessToken) -> StoredToken {
     )
 }
 
-/// A token read from the store, and the local instant the read started.
-struct Found {
-    stored: StoredToken,
-    asked_at: Instant,
-}
-
-/// A stored token as if this instance had received it: the time left that the store measured,
-/// counted from when this instance asked (so the store's round trip only shortens it), and the
-/// lifetime it was issued with, so that every instance computes the same refresh point.
-fn adopt(found: &Found) -> Result<AccessToken, Error> {
-    let stored = &found.stored;
+/// A stored token as if this instance had received it when it asked the store (`asked_at`): the
+/// time left that the store measured, counted from then (so the store's round trip only shortens
+/// it), and the lifetime it was issued with, so that every instance computes the same refresh
+/// point.
+fn adopt(stored: &StoredToken, asked_at: Instant) -> Result<AccessToken, Error> {
     let remaining = stored.expires_in();
     let lifetime = stored.lifetime().max(remaining);
-    let received_at = found
-        .asked_at
+    let received_at = asked_at
         .checked_sub(lifetime - remaining)
-        .unwrap_or(found.asked_at);
+        .unwrap_or(asked_at);
     Ok(AccessToken::new(stored.token(), lifetime, received_at)?.with_scope(stored.scope()))
 }
 
@@ -105,10 +98,20 @@ impl Context<'_> {
             && self.rejected != Some(digest(stored.token()))
     }
 
-    async fn load_acceptable(&self) -> Result<Option<Found>, ()> {
+    /// The stored token, adopted, if this instance should take it; `Err` when the store fails.
+    /// An entry that is not a token this crate could have stored (an invalid token text) counts
+    /// as none, so that the instance fetches (and publishes) one instead of failing on it until
+    /// it expires.
+    async fn load_acceptable(&self) -> Result<Option<AccessToken>, ()> {
         let asked_at = Instant::now();
         match bounded(self.store_policy.operation_timeout, self.store.load()).await {
-            Some(Some(stored)) if self.acceptable(&stored) => Ok(Some(Found { stored, asked_at })),
+            Some(Some(stored)) if self.acceptable(&stored) => match adopt(&stored, asked_at) {
+                Ok(token) => Ok(Some(token)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the shared store holds an unusable token: ignoring it");
+                    Ok(None)
+                }
+            },
             Some(_) => Ok(None),
             None => Err(()),
         }
@@ -132,7 +135,7 @@ impl Context<'_> {
         let timeout = self.store_policy.operation_timeout;
         let lease = self.store_policy.lease;
         match self.load_acceptable().await {
-            Ok(Some(found)) => return (adopt(&found), Via::Adopted),
+            Ok(Some(token)) => return (Ok(token), Via::Adopted),
             Ok(None) => {}
             Err(()) => return (self.source.fetch().await, Via::Fallback),
         }
@@ -142,9 +145,9 @@ impl Context<'_> {
                 Some(Some(owner)) => {
                     // The holder before us may have published just before it released the
                     // lease, or someone between our look and our lease.
-                    if let Ok(Some(found)) = self.load_acceptable().await {
+                    if let Ok(Some(token)) = self.load_acceptable().await {
                         let _ = bounded(timeout, self.store.release_lease(&owner)).await;
-                        return (adopt(&found), Via::Adopted);
+                        return (Ok(token), Via::Adopted);
                     }
                     return (self.fetch_and_publish(Some(owner)).await, Via::Fetched);
                 }
@@ -163,7 +166,7 @@ impl Context<'_> {
             }
             tokio::time::sleep(self.store_policy.poll_interval).await;
             match self.load_acceptable().await {
-                Ok(Some(found)) => return (adopt(&found), Via::Adopted),
+                Ok(Some(token)) => return (Ok(token), Via::Adopted),
                 Ok(None) => {}
                 Err(()) => return (self.source.fetch().await, Via::Fallback),
             }

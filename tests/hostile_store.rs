@@ -1,0 +1,88 @@
+//! A shared store that hands back what no instance of this crate would have saved: a lifetime
+//! of `Duration::MAX`, a token text that is not a header value. The cell must neither panic nor
+//! keep failing on it: it fetches its own token (and publishes it over the bad entry).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use koppeltaal_auth::store::{StorePolicy, StoredToken, TokenStore};
+use koppeltaal_auth::testing::FakeTokenSource;
+use koppeltaal_auth::token::BoxFuture;
+use koppeltaal_auth::{Error, RefreshPolicy, TokenCell};
+
+/// A store whose entry is whatever the test put there (and then what the cell saved).
+#[derive(Clone)]
+struct Planted(Arc<Mutex<Option<StoredToken>>>);
+
+impl TokenStore for Planted {
+    fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
+        Box::pin(async move { Ok(self.0.lock().unwrap().clone()) })
+    }
+    fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            *self.0.lock().unwrap() = Some(token.clone());
+            Ok(())
+        })
+    }
+    fn try_lease(&self, _ttl: Duration) -> BoxFuture<'_, Result<Option<String>, Error>> {
+        Box::pin(async { Ok(Some("owner".to_owned())) })
+    }
+    fn release_lease<'a>(&'a self, _owner: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn cell_over(entry: StoredToken, policy: RefreshPolicy) -> (FakeTokenSource, TokenCell, Planted) {
+    let store = Planted(Arc::new(Mutex::new(Some(entry))));
+    let source = FakeTokenSource::new();
+    let cell = TokenCell::with_store(
+        source.clone(),
+        policy.background_refresh(false),
+        store.clone(),
+        StorePolicy::default(),
+    );
+    (source, cell, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_lifetime_of_duration_max_is_a_year_not_a_panic() {
+    // The whole lifetime refresh-ahead: `lifetime * 1.0` of an unbounded lifetime overflowed.
+    let policy = RefreshPolicy::default().refresh_ahead(Duration::from_secs(30), 1.0, 1.0);
+    let entry = StoredToken::new("stored-token", Duration::MAX, Duration::MAX, None);
+    let (source, cell, _store) = cell_over(entry.clone(), policy);
+    // Past its refresh point at once (refresh-ahead is the whole lifetime): not adopted, fetched.
+    let token = cell.token().await.unwrap();
+    assert_eq!(source.fetches_completed(), 1);
+    assert!(token.value().to_str().unwrap().starts_with("Bearer "));
+    assert_eq!(entry.lifetime(), koppeltaal_auth::token::MAX_TOKEN_LIFETIME);
+    assert_eq!(
+        entry.expires_in(),
+        koppeltaal_auth::token::MAX_TOKEN_LIFETIME
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unusable_stored_token_is_replaced_not_failed_on() {
+    let entry = StoredToken::new(
+        "not\na header value",
+        Duration::from_secs(250),
+        Duration::from_secs(300),
+        None,
+    );
+    let (source, cell, store) = cell_over(entry, RefreshPolicy::default());
+    let token = cell.token().await.unwrap();
+    assert_eq!(token.generation(), 1);
+    assert_eq!(source.fetches_completed(), 1, "fetched its own");
+    assert_eq!(cell.stats().adopted_from_store, 0);
+    assert_eq!(
+        cell.stats().fetches_failed,
+        0,
+        "no attempt failed on the bad entry"
+    );
+    let saved = store.0.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        format!("Bearer {}", saved.token()),
+        token.value().to_str().unwrap()
+    );
+}
