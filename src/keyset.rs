@@ -143,6 +143,13 @@ impl KeySet {
                 "the key {kid:?} signs now and cannot be retired"
             )));
         }
+        // Never the last key (whatever the clock says of which one signs): a set always holds
+        // its signing key.
+        if state.entries.iter().all(|entry| entry.key.kid() == kid) && !state.entries.is_empty() {
+            return Err(Error::key(format!(
+                "the key {kid:?} is the only one in the set and cannot be retired"
+            )));
+        }
         let before = state.entries.len();
         state.entries.retain(|entry| entry.key.kid() != kid);
         if state.entries.len() == before {

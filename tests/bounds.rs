@@ -259,3 +259,74 @@ async fn mock_knobs_take_duration_max_without_panicking() {
         .unwrap();
     assert!(token.lifetime() <= MAX_TOKEN_LIFETIME);
 }
+
+/// The mock's clocks a century back (or `i64::MIN` seconds) stop at 1970: its `Date` headers
+/// cannot say earlier, and formatting one panicked in every handler.
+#[tokio::test]
+async fn mock_clock_offsets_far_in_the_past_answer_without_panicking() {
+    let mock = MockKoppeltaal::builder()
+        .clock_offset_secs(i64::MIN)
+        .fhir_clock_offset_secs(-2_000_000_000)
+        .start()
+        .await
+        .unwrap();
+    mock.register_key(support::CLIENT_ID, &support::rsa_key());
+    // Its clock says 1970: the assertion is refused (an answer, not a dropped connection).
+    let err = support::source(&mock, support::rsa_key())
+        .fetch()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TokenRejected, "{err}");
+    let response = reqwest::Client::new()
+        .get(format!("{}/Patient/1", mock.fhir_base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("date"));
+    assert_eq!(mock.stats().token_requests, 1);
+}
+
+/// A key set made where the clock ran ahead (a paused runtime advanced by an hour) and used
+/// where it did not: no key is active by the clock, which once let the last key be retired and
+/// the next signature panic.
+#[test]
+fn a_key_set_never_retires_its_last_key() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let key = support::rsa_key();
+    let kid = key.kid().to_owned();
+    let keys = runtime.block_on(async {
+        tokio::time::advance(secs(3_600)).await;
+        KeySet::new(key)
+    });
+    drop(runtime);
+    // Outside the runtime the clock is an hour behind the key's start.
+    let err = keys.retire(&kid).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Key);
+    assert_eq!(keys.signing_key().kid(), kid);
+}
+
+/// A token that claims to arrive in the future is taken as arriving now: it never outlives its
+/// lifetime (and no deadline lands past what tokio's timers take).
+#[tokio::test(start_paused = true)]
+async fn a_token_received_in_the_future_is_taken_as_received_now() {
+    let now = Instant::now();
+    let token = AccessToken::new("t", secs(60), now + secs(86_400)).unwrap();
+    assert_eq!(token.received_at(), now);
+    assert_eq!(token.expires_at(), now + secs(60));
+}
+
+/// The mock's test-only knobs that take a size are bounded too.
+#[tokio::test]
+async fn mock_size_knobs_are_bounded() {
+    use koppeltaal_auth::testing::{MAX_OVERSIZED, MAX_QUEUED_FAULTS, MockResponse};
+    let mock = MockKoppeltaal::start().await.unwrap();
+    drop(MockResponse::oversized(usize::MAX));
+    mock.fail_next_token_requests(usize::MAX, http::StatusCode::SERVICE_UNAVAILABLE, None);
+    assert_eq!(MAX_OVERSIZED, 64 * 1024 * 1024);
+    assert_eq!(MAX_QUEUED_FAULTS, 100_000);
+}

@@ -18,6 +18,9 @@ pub struct MockResponse {
     pub(super) chunked: bool,
 }
 
+/// The largest body [`MockResponse::oversized`] makes: 64 MiB, far past any limit of this crate.
+pub const MAX_OVERSIZED: usize = 64 * 1024 * 1024;
+
 impl MockResponse {
     /// A response with `status` and `body`.
     pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
@@ -39,8 +42,9 @@ impl MockResponse {
         Self::new(StatusCode::OK, "\u{1}\u{2}garbage{{{").header("content-type", "application/json")
     }
 
-    /// A `200 OK` JSON-looking body of `len` bytes.
+    /// A `200 OK` JSON-looking body of `len` bytes (at most [`MAX_OVERSIZED`]: 64 MiB).
     pub fn oversized(len: usize) -> Self {
+        let len = len.min(MAX_OVERSIZED);
         let mut body = Vec::with_capacity(len);
         body.extend_from_slice(br#"{"access_token":""#);
         body.resize(len.saturating_sub(2).max(body.len()), b'a');

@@ -11,6 +11,9 @@ use super::MockKoppeltaalBuilder;
 use super::{MAX_CLOCK_ADVANCE, MockKoppeltaal, MockResponse, clamp_lifetime};
 use crate::key::Algorithm;
 
+/// The most token-request faults [`MockKoppeltaal::fail_next_token_requests`] queues at once.
+pub const MAX_QUEUED_FAULTS: usize = 100_000;
+
 impl MockKoppeltaal {
     /// Marks a client forbidden: its tokens are issued, but FHIR requests get `403`.
     pub fn set_forbidden(&self, client_id: &str, forbidden: bool) {
@@ -66,8 +69,8 @@ impl MockKoppeltaal {
             .min(MAX_CLOCK_ADVANCE);
     }
 
-    /// Answers the next `n` token requests with `status` and a plain-text body, with
-    /// `Retry-After: <seconds>` when given.
+    /// Answers the next `n` token requests (at most [`MAX_QUEUED_FAULTS`]) with `status` and a
+    /// plain-text body, with `Retry-After: <seconds>` when given.
     pub fn fail_next_token_requests(
         &self,
         n: usize,
@@ -83,7 +86,8 @@ impl MockKoppeltaal {
             response = response.header("retry-after", &delay.as_secs().to_string());
         }
         let mut state = self.shared.lock();
-        for _ in 0..n {
+        // Queued one by one: bounded, so that a huge `n` cannot exhaust memory.
+        for _ in 0..n.min(MAX_QUEUED_FAULTS) {
             state.faults.push_back(response.clone());
         }
     }

@@ -72,20 +72,24 @@ use tokio::time::Instant;
 use crate::jwks::JwkSet;
 use crate::key::{Algorithm, SigningKey};
 
-pub use body::MockResponse;
+pub use body::{MAX_OVERSIZED, MockResponse};
 pub use builder::MockKoppeltaalBuilder;
 pub use fake::FakeTokenSource;
+pub use knobs::MAX_QUEUED_FAULTS;
 pub use memory_store::MemoryTokenStore;
 pub use notify::SentNotification;
 pub use records::{IssuedToken, MockStats, ReceivedRequest, TokenRequest};
 
-/// `at` moved by `seconds` (a century either way at most, so that nothing overflows).
+/// `at` moved by `seconds` (a century either way at most, and never before 1970: HTTP dates
+/// cannot say earlier, so that nothing overflows or panics).
 fn shift(at: SystemTime, seconds: i64) -> SystemTime {
     let offset = Duration::from_secs(seconds.unsigned_abs()).min(MAX_CLOCK_ADVANCE);
     if seconds >= 0 {
         at.checked_add(offset).unwrap_or(at)
     } else {
-        at.checked_sub(offset).unwrap_or(at)
+        at.checked_sub(offset)
+            .filter(|shifted| *shifted >= SystemTime::UNIX_EPOCH)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 }
 

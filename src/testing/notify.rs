@@ -72,7 +72,7 @@ impl MockKoppeltaal {
             (X_CORRELATION_ID, trace.correlation_id()),
         ] {
             if let Some(id) = id {
-                headers.insert(name, id.to_header_value());
+                headers.try_insert(name, id.to_header_value())?;
             }
         }
         let client = reqwest::Client::builder()

@@ -70,7 +70,8 @@ const BEARER_PREFIX: &str = "Bearer ";
 
 impl AccessToken {
     /// A bearer token that arrived at `received_at` and lives for `lifetime` (at most
-    /// [`MAX_TOKEN_LIFETIME`]: a longer one is clamped to it).
+    /// [`MAX_TOKEN_LIFETIME`]: a longer one is clamped to it). A `received_at` later than now is
+    /// taken as now: no token outlives its lifetime from the moment it is made.
     ///
     /// # Errors
     ///
@@ -99,7 +100,7 @@ impl AccessToken {
         Ok(Self {
             header,
             lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
-            received_at,
+            received_at: received_at.min(Instant::now()),
             scope: None,
             not_before: None,
         })
