@@ -1,0 +1,73 @@
+//! What the layer tests share: hyper-util's client, requests, and in-process inner services.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use koppeltaal_auth::KoppeltaalAuth;
+
+pub type HyperClient<B = Full<Bytes>> = Client<HttpConnector, B>;
+
+pub fn hyper_client() -> HyperClient {
+    hyper_client_for()
+}
+
+pub fn hyper_client_for<B>() -> HyperClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::default()).unwrap()
+}
+
+pub async fn body_text(response: Response<hyper::body::Incoming>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// An inner service that records the `Authorization` header of each request and answers `status`.
+pub fn recording_service(
+    seen: Arc<Mutex<Vec<Option<String>>>>,
+    status: StatusCode,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push(
+                request
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            );
+            let mut response = Response::new(Full::default());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// `ServiceExt`-style helper: apply a layer to a service.
+pub trait LayerExt {
+    fn layer_service<S>(&self, service: S) -> KoppeltaalAuth<S>;
+}
+
+impl LayerExt for koppeltaal_auth::KoppeltaalAuthLayer {
+    fn layer_service<S>(&self, service: S) -> KoppeltaalAuth<S> {
+        tower::Layer::layer(self, service)
+    }
+}
