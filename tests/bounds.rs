@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::secs;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,10 +22,6 @@ use koppeltaal_auth::{
     TokenCell, TokenSource,
 };
 use tokio::time::Instant;
-
-const fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// A source whose every token claims to live `Duration::MAX`.
 #[derive(Clone, Default)]

@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::secs;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,10 +28,6 @@ use koppeltaal_auth::{
 };
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-
-const fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 const BASE: &str = "http://127.0.0.1/fhir";
 

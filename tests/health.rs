@@ -4,15 +4,13 @@
 
 mod support;
 
+use support::secs;
+
 use std::time::Duration;
 
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{Error, ErrorKind, Health, RefreshPolicy, TokenCell};
 use support::run_until;
-
-const fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// Exact refresh points: a 300 s token refreshes at 240 s and is handed out until 290 s.
 fn exact() -> RefreshPolicy {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cell;
 pub mod layer;
 pub mod trace;
 
@@ -11,6 +12,16 @@ use koppeltaal_auth::testing::MockKoppeltaal;
 use koppeltaal_auth::{
     Algorithm, Authenticator, ClientCredentials, KeyId, KoppeltaalAuth, SigningKey,
 };
+
+/// `s` seconds.
+pub const fn secs(s: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(s)
+}
+
+/// `n` milliseconds.
+pub const fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
 
 /// A test-only PEM from `tests/data/`.
 pub fn pem(name: &str) -> String {
