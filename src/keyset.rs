@@ -130,8 +130,9 @@ impl KeySet {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Key`](crate::ErrorKind::Key) if there is no such key, or it is the key that
-    /// signs now (publish its successor and wait for it to take over first).
+    /// [`ErrorKind::Key`](crate::ErrorKind::Key) if there is no such key, if it is the key that
+    /// signs now (publish its successor and wait for it to take over first), or if it is the
+    /// only key in the set.
     pub fn retire(&self, kid: &str) -> Result<(), Error> {
         let mut state = self.write();
         let now = Instant::now();
@@ -164,8 +165,7 @@ impl KeySet {
     pub fn signing_key(&self) -> SigningKey {
         let state = self.read();
         let now = Instant::now();
-        // There is always one: the first key is active from its creation, and a key can only be
-        // retired once another has taken over.
+        // There is always one: a set starts with one key and never retires its last.
         match state.active(now).or_else(|| state.entries.first()) {
             Some(entry) => entry.key.clone(),
             None => unreachable!("a KeySet always holds its signing key"),

@@ -206,3 +206,39 @@ fn a_runtime_shut_down_behind_a_handle_gets_a_typed_error() {
     assert_eq!(err.kind(), ErrorKind::NoRuntime);
     assert_eq!(source.fetches_started(), 0);
 }
+
+/// The background refresher, parked while the cell was used on a runtime without timers, comes
+/// back once the cell is used on one with timers: the refresh after next happens with no caller.
+#[test]
+fn the_refresher_comes_back_on_a_runtime_with_timers() {
+    count_timer_panics();
+    let (source, cell) = cell_with_a_token(RefreshPolicy::default().refresh_jitter(0.0));
+    timerless().block_on(async {
+        for _ in 0..100 {
+            assert!(cell.current().is_some());
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // 60 s tokens refresh 30 s ahead: the first use past the refresh point starts one.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(cell.current().unwrap().generation(), 1);
+        let token = cell.token().await.unwrap();
+        while cell.current().unwrap().generation() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let fetched = source.fetches_completed();
+        // No caller from here on: only a running background refresher fetches the next token.
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert_eq!(
+            source.fetches_completed(),
+            fetched + 1,
+            "refreshed in the background"
+        );
+        drop(token);
+    });
+}

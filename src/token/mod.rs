@@ -71,7 +71,9 @@ const BEARER_PREFIX: &str = "Bearer ";
 impl AccessToken {
     /// A bearer token that arrived at `received_at` and lives for `lifetime` (at most
     /// [`MAX_TOKEN_LIFETIME`]: a longer one is clamped to it). A `received_at` later than now is
-    /// taken as now: no token outlives its lifetime from the moment it is made.
+    /// taken as now: no token outlives its lifetime from the moment it is made. ("Now" is
+    /// tokio's clock where this runs: an instant read on a paused clock that was advanced, then
+    /// used outside that runtime, is pulled back to the real time.)
     ///
     /// # Errors
     ///

@@ -33,6 +33,9 @@ pub(crate) struct Context<'a> {
     pub(crate) current: Option<([u8; 32], Duration)>,
     /// Digest of the token the server last rejected: never taken from the store again.
     pub(crate) rejected: Option<[u8; 32]>,
+    /// Whether this refresh has warned of an unusable stored token (it looks again at every
+    /// poll: once is enough).
+    pub(crate) unusable_reported: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn digest(token: &str) -> [u8; 32] {
@@ -108,7 +111,12 @@ impl Context<'_> {
             Some(Some(stored)) if self.acceptable(&stored) => match adopt(&stored, asked_at) {
                 Ok(token) => Ok(Some(token)),
                 Err(err) => {
-                    tracing::warn!(error = %err, "the shared store holds an unusable token: ignoring it");
+                    if !self
+                        .unusable_reported
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(error = %err, "the shared store holds an unusable token: ignoring it");
+                    }
                     Ok(None)
                 }
             },

@@ -115,6 +115,7 @@ impl Shared {
             policy: &self.policy,
             current,
             rejected,
+            unusable_reported: std::sync::atomic::AtomicBool::new(false),
         };
         let (result, via) = context.refresh().await;
         match via {

@@ -198,6 +198,7 @@ impl Shared {
             Ok(runtime) => runtime,
             Err(why) => return Kick::NoRuntime(why),
         };
+        self.unpark_refresher();
         sched.flights += 1;
         let (tx, rx) = watch::channel(None);
         let flight = Flight {
@@ -234,6 +235,7 @@ impl Shared {
     pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
         // Before any timer is made: tokio panics on a runtime without timers.
         self.runtimes.usable().map_err(Unusable::error)?;
+        self.unpark_refresher();
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         // Counted on drop: a wait whose caller gives up counts too.
         let _clock = WaitClock {

@@ -120,6 +120,8 @@ struct Shared {
     /// Set while the cell should have a background refresher and none runs: the next use starts
     /// one (see [`refresher`]). Always false with background refresh off.
     needs_refresher: AtomicBool,
+    /// Set while a wanted refresher waits for a runtime with timers (see [`refresher`]).
+    refresher_parked: AtomicBool,
     /// Nanoseconds after `epoch` before which the fast path does not try to start a refresh:
     /// `u64::MAX` while one runs, the end of the backoff after a failure. Saves the fast path a
     /// lock while a token is stale. A hint only: callers that need a token always take the lock.
@@ -178,6 +180,7 @@ impl TokenCell {
                 current: ArcSwapOption::empty(),
                 me: me.clone(),
                 needs_refresher: AtomicBool::new(policy.background_refresh),
+                refresher_parked: AtomicBool::new(false),
                 quiet_until: AtomicU64::new(0),
                 epoch: Instant::now(),
                 source,
@@ -202,21 +205,10 @@ impl TokenCell {
     #[must_use]
     #[inline]
     pub fn current(&self) -> Option<TokenHeader> {
-        let guard = self.shared.current.load();
-        // After the load: no earlier than the instant the token was installed at.
-        let now = Instant::now();
-        let cached = guard.as_ref()?;
-        match cached.serves(now) {
-            Serves::No => None,
-            Serves::Previous(previous) => Some(previous.header()),
-            Serves::Current => {
-                let header = cached.header();
-                let stale = now >= cached.refresh_at;
-                drop(guard);
-                self.shared.tend(stale, now);
-                Some(header)
-            }
-        }
+        self.shared.with_current(|token| TokenHeader {
+            value: token.value().clone(),
+            generation: token.generation(),
+        })
     }
 
     /// A usable token: the current one, or the outcome of the refresh in flight (started if
@@ -340,6 +332,29 @@ impl Shared {
     /// `at` as nanoseconds after the cell's epoch (0 before it, `u64::MAX` centuries on).
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The fast path for callers with no copy of their own: `f` of the token handed out now (this
+    /// thread's copy, or the shared copy of the previous token while the FHIR server does not
+    /// take the new one), after which a refresh is started if the token is past its refresh
+    /// point, and a background refresher if none runs.
+    #[inline]
+    fn with_current<T>(self: &Arc<Self>, f: impl FnOnce(&LocalToken) -> T) -> Option<T> {
+        let guard = self.current.load();
+        // After the load: no earlier than the instant the token was installed at.
+        let now = Instant::now();
+        let cached = guard.as_ref()?;
+        match cached.serves(now) {
+            Serves::No => None,
+            Serves::Previous(previous) => Some(f(&previous.local)),
+            Serves::Current => {
+                let out = f(cached.stripes.get(&cached.local));
+                let stale = now >= cached.refresh_at;
+                drop(guard);
+                self.tend(stale, now);
+                Some(out)
+            }
+        }
     }
 
     /// The token handed out at `now`, if it is of a generation after `after`.

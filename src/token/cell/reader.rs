@@ -5,7 +5,8 @@
 //! reference counts of shared values. A service's first call (and a service cloned for one call,
 //! as `oneshot` callers do) reads the cell's token through arc-swap's thread-local debt slots and
 //! hands out its thread's copy (see [`Stripes`](super::stripes)): no count the service's clone
-//! shares with other threads, no allocation. From its second call on a reader keeps the last
+//! shares with other threads (unless they share a stripe), no allocation after that thread's
+//! first use of the token. From its second call on a reader keeps the last
 //! token it saw, checks with one relaxed atomic load that the cell still holds it (arc-swap's
 //! `Cache`), and hands it out as a copy of its own (one per token), header value and cell link
 //! included. Cloning a reader clones none of that: a clone starts afresh.
@@ -24,7 +25,7 @@ use super::{CachedToken, Shared, TokenCell};
 pub(crate) struct TokenReader {
     /// The cache and this reader's own copy, from its second call on.
     own: Option<Own>,
-    /// Whether this reader has handed out a token.
+    /// Whether this reader has had its first call (whether or not it found a token).
     used: bool,
 }
 
@@ -84,7 +85,8 @@ impl LocalToken {
         }
     }
 
-    /// A copy with a header value and a link of its own (two allocations).
+    /// A copy with a header value and a link of its own (three allocations: the bytes, their
+    /// shared count, the link).
     pub(super) fn deep_copy(&self) -> Self {
         // A deep copy: a header value of its own, with its own reference count.
         let value = HeaderValue::from_bytes(self.value.as_bytes()).map_or_else(
@@ -167,21 +169,7 @@ impl TokenReader {
                 })
                 .current(cell);
         }
-        let guard = cell.shared.current.load();
-        // After the load: no earlier than the instant the token was installed at.
-        let now = Instant::now();
-        let cached = guard.as_ref()?;
-        match cached.serves(now) {
-            Serves::No => None,
-            Serves::Previous(previous) => Some(previous.local.clone()),
-            Serves::Current => {
-                let token = cached.stripes.get(&cached.local).clone();
-                let stale = now >= cached.refresh_at;
-                drop(guard);
-                cell.shared.tend(stale, now);
-                Some(token)
-            }
-        }
+        cell.shared.with_current(LocalToken::clone)
     }
 }
 

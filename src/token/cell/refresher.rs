@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::flight::Reason;
+use super::runtime::Unusable;
 use crate::token::policy::{MIN_BACKOFF, later};
 
 impl Shared {
@@ -26,15 +27,34 @@ impl Shared {
         if !self.needs_refresher.load(Ordering::Acquire) {
             return;
         }
-        // Not on a runtime without timers: the refresher sleeps.
-        let Ok(runtime) = self.runtimes.usable() else {
-            return;
+        let runtime = match self.runtimes.usable() {
+            Ok(runtime) => runtime,
+            // Outside any runtime: the next use inside one starts it (the check is a
+            // thread-local read).
+            Err(Unusable::NoRuntime) => return,
+            // Not on a runtime without timers (the refresher sleeps). Parked, so that the fast
+            // path checks nothing more on it, until a slow path on a runtime with timers
+            // unparks it (see `unpark_refresher`).
+            Err(Unusable::NoTimers) => {
+                if self.needs_refresher.swap(false, Ordering::AcqRel) {
+                    self.refresher_parked.store(true, Ordering::Release);
+                }
+                return;
+            }
         };
         if !self.needs_refresher.swap(false, Ordering::AcqRel) {
             return;
         }
         let guard = RefresherGuard(Arc::downgrade(self));
         runtime.spawn(refresher(guard, Arc::clone(&self.wake)));
+    }
+
+    /// Wants a refresher again after it was parked on a runtime without timers: called by the
+    /// slow paths once they are on a runtime with timers. The next use starts it.
+    pub(super) fn unpark_refresher(&self) {
+        if self.refresher_parked.swap(false, Ordering::AcqRel) {
+            self.needs_refresher.store(true, Ordering::Release);
+        }
     }
 
     /// The fast path's upkeep after handing out a token at `now`: a refresh when the token is

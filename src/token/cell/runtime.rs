@@ -9,8 +9,8 @@
 //! tokio has no way to ask whether a runtime has timers, so the cell makes one inside
 //! `catch_unwind` (and polls it once, which also finds a runtime that is shutting down), on the
 //! slow paths only: before a wait, a refresh or starting the background refresher. A runtime
-//! found without them is remembered by its id, so that it is probed once per cell: tokio's panic
-//! message is then printed once by the panic hook (a hook that reports panics, or
+//! found without them is remembered by its id (the last 16, per cell), so that it is probed once
+//! per cell: tokio's panic message is then printed once per cell and runtime by the panic hook (a hook that reports panics, or
 //! `panic = "abort"`, sees it as a panic: build runtimes with `enable_time()`), and the cell
 //! reports it with a `tracing` error. The panic goes no further.
 

@@ -7,8 +7,9 @@
 //! hardware thread, 16 at most (header value and cell link), each made by the first thread that
 //! needs it;
 //! a thread hands out the copy of its stripe, so threads write no count in common unless there
-//! are more threads than stripes. A copy is made at most once per stripe and token: no
-//! allocation on the fast path.
+//! are more threads than stripes (more than 16 hardware threads, or threads that started out of
+//! step). A copy is made at most once per stripe and token: the fast path allocates only the
+//! first time a thread hands out a new token.
 //!
 //! Which stripe a thread uses comes from a number given to each thread the first time it uses a
 //! cell: numbers are handed out in sequence, so the worker threads of a runtime get different
