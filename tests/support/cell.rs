@@ -2,20 +2,16 @@
 
 use koppeltaal_auth::{Error, ErrorKind, RefreshPolicy};
 
+// Not every test binary that has this module uses it.
+#[allow(unused_imports)]
+pub use super::runtimes::paused_runtime;
+
 /// The default policy without jitter, so that refresh points are exact.
 pub fn exact() -> RefreshPolicy {
     RefreshPolicy::default().refresh_jitter(0.0)
 }
 
-/// A current-thread runtime whose clock starts paused (each one's clock starts at the real time).
-pub fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
-
+/// A transport error, as a refused connection gives.
 pub fn transport_error() -> Error {
     Error::new(ErrorKind::Transport, "connection refused")
 }

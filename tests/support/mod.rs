@@ -3,6 +3,7 @@
 
 pub mod cell;
 pub mod layer;
+pub mod runtimes;
 pub mod trace;
 
 use std::io::Write;
