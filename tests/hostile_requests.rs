@@ -3,16 +3,18 @@
 //! the caller's own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request};
 use http_body_util::Full;
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{Authenticator, KoppeltaalAuth};
+use support::layer::authorization_recorder;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 type Body = Full<Bytes>;
@@ -45,29 +47,6 @@ fn full_request() -> Request<Body> {
     request
 }
 
-/// An inner service that keeps the `Authorization` values it got.
-fn recording(
-    seen: Arc<Mutex<Vec<Vec<String>>>>,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |request: Request<Body>| {
-        let values = request
-            .headers()
-            .get_all(AUTHORIZATION)
-            .iter()
-            .map(|value| value.to_str().unwrap().to_owned())
-            .collect();
-        seen.lock().unwrap().push(values);
-        std::future::ready(Ok::<_, Infallible>(Response::new(Body::default())))
-    })
-}
-
 #[tokio::test]
 async fn a_full_header_map_is_sent_without_a_token_on_the_slow_and_the_fast_path() {
     let auth = authenticator();
@@ -75,7 +54,9 @@ async fn a_full_header_map_is_sent_without_a_token_on_the_slow_and_the_fast_path
     let service = ServiceBuilder::new()
         .layer(auth.layer())
         .layer(auth.trace_layer())
-        .service(recording(Arc::clone(&seen)));
+        .service(authorization_recorder(Arc::clone(&seen), |_, _| {
+            http::StatusCode::OK
+        }));
     // The cell is empty: the slow path (wait for the token, then set it).
     service.clone().oneshot(full_request()).await.unwrap();
     // Now warm: the fast path, on a fresh clone and on a used service.
@@ -97,7 +78,11 @@ async fn a_callers_own_authorization_values_are_all_kept_in_order() {
     let auth = authenticator();
     auth.ready().await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut service = auth.layer().layer(recording(Arc::clone(&seen)));
+    let mut service = auth
+        .layer()
+        .layer(authorization_recorder(Arc::clone(&seen), |_, _| {
+            http::StatusCode::OK
+        }));
     let own = ["Basic dXNlcjpwdw==", "Bearer theirs"];
     for _ in 0..3 {
         let mut request = Request::get(format!("{BASE}/Patient/1"))
@@ -116,32 +101,13 @@ async fn a_callers_own_authorization_values_are_all_kept_in_order() {
     );
 }
 
-/// An inner service that answers `401` to the first token it sees and `200` to any other.
-fn rejecting_the_first_token(
-    seen: Arc<Mutex<Vec<Vec<String>>>>,
-) -> impl tower::Service<
-    Request<Body>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |request: Request<Body>| {
-        let token = request
-            .headers()
-            .get(AUTHORIZATION)
-            .map(|value| value.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let mut seen = seen.lock().unwrap();
-        let first = seen.first().and_then(|values| values.first()).cloned();
-        seen.push(vec![token.clone()]);
-        let mut response = Response::new(Body::default());
-        if first.is_none_or(|first| first == token) {
-            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
-        }
-        std::future::ready(Ok::<_, Infallible>(response))
-    })
+/// Answers `401` to the first token it sees (and to any request carrying it), `200` otherwise.
+fn rejecting_the_first_token(values: &[String], earlier: &[Vec<String>]) -> http::StatusCode {
+    if earlier.first().is_none_or(|first| first == values) {
+        http::StatusCode::UNAUTHORIZED
+    } else {
+        http::StatusCode::OK
+    }
 }
 
 #[tokio::test]
@@ -149,9 +115,10 @@ async fn a_request_with_25_000_values_of_one_header_is_replayed_after_a_401() {
     let auth = authenticator();
     auth.ready().await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let service = auth
-        .layer()
-        .layer(rejecting_the_first_token(Arc::clone(&seen)));
+    let service = auth.layer().layer(authorization_recorder(
+        Arc::clone(&seen),
+        rejecting_the_first_token,
+    ));
     let mut request = Request::get(format!("{BASE}/Patient/1"))
         .body(Body::default())
         .unwrap();

@@ -3,17 +3,18 @@
 //! current token, follow every renewal, and lead a `401` back to the one cell.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod support;
+
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
-use tower::{Layer, Service, ServiceExt};
+use support::layer::authorization_recorder;
+use tower::{Layer, ServiceExt};
 
 const BASE: &str = "https://fhir.example.org/fhir";
 const THREADS: usize = 8;
@@ -81,32 +82,6 @@ fn every_thread_hands_out_the_current_token_and_follows_a_renewal() {
     assert_eq!(source.fetches_completed(), 2);
 }
 
-/// An inner service that records the `Authorization` it got, and answers `401` to `rejected`.
-fn recording(
-    rejected: &'static str,
-    seen: Arc<Mutex<Vec<String>>>,
-) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |request: Request<Body>| {
-        let value = request
-            .headers()
-            .get(AUTHORIZATION)
-            .map(|value| value.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let status = if value == rejected {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::OK
-        };
-        seen.lock().unwrap().push(value);
-        let mut response = Response::new(Body::default());
-        *response.status_mut() = status;
-        std::future::ready(Ok::<_, Infallible>(response))
-    })
-}
-
 #[test]
 fn one_call_clones_on_every_thread_renew_once_after_a_401() {
     let (source, cell) = cell();
@@ -115,7 +90,16 @@ fn one_call_clones_on_every_thread_renew_once_after_a_401() {
     let first_value: &'static str = first.value().to_str().unwrap().to_owned().leak();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let layer = KoppeltaalAuthLayer::new(cell.clone(), BASE).unwrap();
-    let service = layer.layer(recording(first_value, Arc::clone(&seen)));
+    let service = layer.layer(authorization_recorder(
+        Arc::clone(&seen),
+        move |values, _| {
+            if values.first().is_some_and(|value| value == first_value) {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            }
+        },
+    ));
     // Every thread sends through a fresh clone (its first call: the thread's copy of the token).
     // The server rejects the first token: each request is renewed and replayed.
     let statuses = on_threads(move || {
@@ -135,7 +119,10 @@ fn one_call_clones_on_every_thread_renew_once_after_a_401() {
     assert_eq!(source.fetches_completed(), 2, "one renewal for all threads");
     assert_eq!(cell.current().unwrap().generation(), 2);
     let seen = seen.lock().unwrap();
-    let renewed = seen.iter().filter(|value| *value != first_value).count();
+    let renewed = seen
+        .iter()
+        .filter(|values| values.first().is_none_or(|value| value != first_value))
+        .count();
     assert_eq!(renewed, THREADS, "each request replayed once: {seen:?}");
     assert!(seen.len() <= 2 * THREADS);
 }

@@ -71,3 +71,31 @@ impl LayerExt for koppeltaal_auth::KoppeltaalAuthLayer {
         tower::Layer::layer(self, service)
     }
 }
+
+/// An inner service that records the `Authorization` values of every request (all of them, in
+/// order) and answers with the status `answer` gives for them and those of the requests before.
+pub fn authorization_recorder(
+    seen: Arc<Mutex<Vec<Vec<String>>>>,
+    answer: impl Fn(&[String], &[Vec<String>]) -> StatusCode + Clone + Send + Sync + 'static,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let values: Vec<String> = request
+            .headers()
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect();
+        let mut seen = seen.lock().unwrap();
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = answer(&values, &seen);
+        seen.push(values);
+        std::future::ready(Ok::<_, Infallible>(response))
+    })
+}
