@@ -228,9 +228,13 @@ fn the_refresher_comes_back_on_a_runtime_with_timers() {
         tokio::time::sleep(Duration::from_secs(31)).await;
         assert_eq!(cell.current().unwrap().generation(), 1);
         let token = cell.token().await.unwrap();
-        while cell.current().unwrap().generation() < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while cell.current().unwrap().generation() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the refresh started at the refresh point completes");
         let fetched = source.fetches_completed();
         // No caller from here on: only a running background refresher fetches the next token.
         tokio::time::sleep(Duration::from_secs(45)).await;
