@@ -259,3 +259,6 @@ fn is_dot_segment(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

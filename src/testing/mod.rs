@@ -14,7 +14,7 @@
 //! it is a form (`application/x-www-form-urlencoded`: a `text/plain` or JSON body carries none),
 //! reads time claims as Python's `int()` does (floats truncated, decimal strings taken, anything
 //! else refused), checks `grant_type` only after the assertion (so a wrong grant type still
-//! spends the `jti`). `tests/reference.rs` checks this against the reference server itself, with
+//! spends the `jti`). `tests/reference_mock_parity.rs` checks this against the reference server itself, with
 //! a table of crafted requests. Deliberate differences: it requires `exp`, at most 300 s ahead
 //! (SMART's rule; the reference server checks `exp` only when present and sets no upper bound);
 //! `grant_type=authorization_code` without a code is `400 Bad Request` (the reference server runs
