@@ -124,16 +124,20 @@ fn flush_run(out: &mut String, run: &mut String, may_go_on: bool) {
     run.clear();
 }
 
-/// Whether `text` holds a [`SECRET_RUN`]-character piece of `secret`, raw, URL-encoded or
-/// JSON-escaped, in any letter case.
+/// Whether `text`, or `text` as `Debug` shows it, holds a [`SECRET_RUN`]-character piece of
+/// `secret`, raw, URL-encoded or JSON-escaped, in any letter case. `Debug` because it escapes:
+/// a secret with a `\\` that a server put into a JSON string unescaped is parsed with one
+/// backslash less, and an error's `Debug` would double it again.
 pub(crate) fn holds_piece_of(text: &str, secret: &str) -> bool {
     let text = text.to_ascii_lowercase();
+    let shown = format!("{text:?}");
     let chars: Vec<char> = secret.chars().collect();
     chars.windows(SECRET_RUN).any(|window| {
         let raw: String = window.iter().collect();
         [raw.clone(), url_encoded(&raw), json_escaped(&raw)]
             .iter()
-            .any(|form| text.contains(&form.to_ascii_lowercase()))
+            .map(|form| form.to_ascii_lowercase())
+            .any(|form| text.contains(&form) || shown.contains(&form))
     })
 }
 
@@ -228,5 +232,18 @@ mod tests {
             sanitize_hiding(b"Access Denied", &[secret]),
             "Access Denied"
         );
+    }
+
+    #[test]
+    fn a_secret_that_debug_would_spell_out_is_found() {
+        // Found by `no_piece_of_a_secret_survives_in_an_error`: the server put the secret into
+        // a JSON string as is, its `\\` was parsed as one backslash, and an error's `Debug`
+        // wrote the secret out again.
+        let secret = r"#0A\\#aaAAA0#0A0";
+        let parsed = r"#0A\#aaAAA0#0A0";
+        assert!(format!("{parsed:?}").contains(secret));
+        assert!(holds_piece_of(parsed, secret));
+        assert_eq!(sanitize_hiding(parsed.as_bytes(), &[secret]), "[redacted]");
+        assert!(!holds_piece_of("Access Denied", secret));
     }
 }
