@@ -91,8 +91,9 @@ pin_project! {
             #[pin]
             future: S::Future,
             retry: Option<Retry<S, B>>,
-            // The token's cell (a link of this service's or this thread's own: see
-            // `TokenReader`) and generation, should it be rejected.
+            // The token's cell and generation, should it be rejected: a link that does not
+            // keep the cell alive (a `401` after every handle is gone renews nothing), with a
+            // count of the thread's slot's own.
             cell: CellLink,
             generation: u64,
             replay: bool,

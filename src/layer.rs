@@ -8,7 +8,7 @@ use url::Url;
 use crate::error::Error;
 use crate::scope::FhirScope;
 use crate::service::KoppeltaalAuth;
-use crate::token::{TokenCell, TokenReader};
+use crate::token::TokenCell;
 
 /// What the layer's services share: the token cell, the FHIR scope and the replay switch.
 #[derive(Debug)]
@@ -89,7 +89,6 @@ impl<S> Layer<S> for KoppeltaalAuthLayer {
         KoppeltaalAuth {
             inner,
             shared: Arc::clone(&self.shared),
-            reader: TokenReader::default(),
         }
     }
 }

@@ -12,7 +12,6 @@ use crate::error::BoxError;
 use crate::future::{ResponseFuture, Retry};
 use crate::layer::AuthShared;
 use crate::replay::ReplayBody;
-use crate::token::TokenReader;
 
 /// Middleware that adds a Koppeltaal bearer token to requests for the FHIR base and replays a
 /// request once after a `401`. Made by [`KoppeltaalAuthLayer`](crate::KoppeltaalAuthLayer).
@@ -58,8 +57,6 @@ use crate::token::TokenReader;
 pub struct KoppeltaalAuth<S> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<AuthShared>,
-    /// This service's view of the token cell (see `TokenReader`).
-    pub(crate) reader: TokenReader,
 }
 
 impl<S> KoppeltaalAuth<S> {
@@ -158,13 +155,14 @@ where
         if !self.shared.scope.matches_uri(request.uri()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        match self.reader.current(&self.shared.cell) {
-            // Fast path: a fresh token, no lock, no allocation (the replay copy and a thread's
-            // first copy of a new token aside), no reference count in common with other threads
-            // but through a shared stripe (see `TokenReader`).
-            Some(token) => {
+        match self.shared.cell.current_linked() {
+            // Fast path: a fresh token from this thread's slot in the cell, no wait, no
+            // allocation (the replay copy and a thread's first copy of a new token aside), no
+            // reference count in common with other threads (the slot's value and link are its
+            // own; see `TokenCell::current`).
+            Some((token, link)) => {
                 let generation = token.generation();
-                let (value, link) = token.into_parts();
+                let value = token.into_value();
                 // Two arms so that the no-replay future is built with a literal `None` (a tag
                 // write) rather than a moved, full-size `Option<Retry>`.
                 if self.shared.replay {

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use koppeltaal_auth::testing::FakeTokenSource;
-use koppeltaal_auth::{KoppeltaalAuth, NotReplayable};
+use koppeltaal_auth::{KoppeltaalAuth, KoppeltaalAuthLayer, NotReplayable};
 use support::layer::{LayerExt, get, hyper_client, hyper_client_for, recording_service};
 use support::{CLIENT_ID, authenticator, capture_logs, mock, rsa_key};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 #[tokio::test]
 async fn a_401_renews_once_and_replays_the_same_request() {
@@ -280,4 +280,26 @@ async fn a_401_after_every_handle_is_dropped_is_returned_as_is() {
         1,
         "no renewal without a cell"
     );
+}
+
+/// The other side of the weak link: a layer made from a cell, and its service, dropped (as
+/// `oneshot` drops it) before the `401` arrives: the request is still renewed and replayed while
+/// someone holds the cell.
+#[tokio::test]
+async fn a_401_after_the_layer_is_dropped_still_renews_while_the_cell_lives() {
+    let mock = mock().await;
+    let auth = authenticator(&mock).await;
+    let cell = auth.cell().clone();
+    drop(auth);
+    cell.ready().await.unwrap();
+    mock.revoke_all_tokens();
+    let response = KoppeltaalAuthLayer::new(cell.clone(), &mock.fhir_base_url())
+        .unwrap()
+        .layer(hyper_client())
+        .oneshot(get(&format!("{}/Patient", mock.fhir_base_url())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(mock.stats().tokens_issued, 2, "renewed once");
+    assert_eq!(cell.stats().invalidations, 1);
 }

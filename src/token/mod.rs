@@ -20,7 +20,7 @@ use crate::error::Error;
 
 #[cfg(feature = "opentelemetry")]
 pub(crate) use cell::WeakCell;
-pub(crate) use cell::{CellLink, Rejection, RetryPlan, TokenReader};
+pub(crate) use cell::{CellLink, Rejection, RetryPlan};
 pub use cell::{CellStats, Health, TokenCell, TokenHeader};
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use client::{DEFAULT_TOKEN_LIFETIME, MAX_REQUEST_TIMEOUT};

@@ -14,8 +14,7 @@ use tokio::time::Instant;
 
 use super::fhir_clock::MAX_FHIR_LAG;
 use super::flight::{Ending, Outcome, Sched};
-use super::stripes::Stripes;
-use super::{CachedToken, LocalToken, Shared};
+use super::{CachedToken, Shared, TokenHeader};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
 use crate::token::policy::{later, random_fraction};
@@ -170,7 +169,10 @@ impl Shared {
             .and_then(|current| current.previous_for_successor(now));
         let valid_from = self.valid_from(sched, &token, now, usable_until, previous.is_some());
         let previous = previous.filter(|_| valid_from > now);
-        let local = LocalToken::shared_copy(self, token.header_value(), sched.generation);
+        let local = TokenHeader {
+            value: token.header_value().clone(),
+            generation: sched.generation,
+        };
         self.current.store(Some(Arc::new(CachedToken {
             token,
             generation: sched.generation,
@@ -179,8 +181,9 @@ impl Shared {
             valid_from,
             previous,
             local,
-            stripes: Stripes::new(self.stripe_count),
         })));
+        // No thread's slot hands out the token this one replaced.
+        self.slots.clear();
         Ok(())
     }
 

@@ -4,8 +4,7 @@
 
 use tokio::time::Instant;
 
-use super::stripes::Stripes;
-use super::{LocalToken, TokenHeader};
+use super::TokenHeader;
 use crate::token::AccessToken;
 
 /// A token in the cell.
@@ -20,11 +19,9 @@ pub(super) struct CachedToken {
     pub(super) valid_from: Instant,
     /// The token this one replaced, handed out until `valid_from` while it is usable.
     pub(super) previous: Option<Previous>,
-    /// The token as a [`LocalToken`]: the template of every copy, and the copy a successor
-    /// keeps as its previous token.
-    pub(super) local: LocalToken,
-    /// The per-thread copies that callers without a copy of their own hand out.
-    pub(super) stripes: Stripes,
+    /// The token's header value: the template of the per-thread copies (see
+    /// [`Slots`](super::slots::Slots)), and what is handed out when a thread's slot is busy.
+    pub(super) local: TokenHeader,
 }
 
 /// What a token hands out at an instant (see [`CachedToken::serves`]).
@@ -42,7 +39,7 @@ pub(super) struct Previous {
     pub(super) token: AccessToken,
     pub(super) generation: u64,
     pub(super) usable_until: Instant,
-    pub(super) local: LocalToken,
+    pub(super) local: TokenHeader,
 }
 
 /// A token handed out by the slow path: the header, and the token itself.
@@ -64,14 +61,15 @@ impl CachedToken {
         Serves::Current
     }
 
-    /// The value this thread hands out: its stripe's copy.
-    #[inline]
+    /// The header value.
     pub(super) fn header(&self) -> TokenHeader {
-        let local = self.stripes.get(&self.local);
-        TokenHeader {
-            value: local.value().clone(),
-            generation: self.generation,
-        }
+        self.local.clone()
+    }
+
+    /// Until when a thread's slot may hand the token out: its refresh point, or its usable-until
+    /// instant if that comes first.
+    pub(super) fn cacheable_until(&self) -> Instant {
+        self.refresh_at.min(self.usable_until)
     }
 
     /// The previous token, if it serves at `now` (before `valid_from`).
@@ -126,9 +124,6 @@ impl CachedToken {
 
 impl Previous {
     pub(super) fn header(&self) -> TokenHeader {
-        TokenHeader {
-            value: self.token.header_value().clone(),
-            generation: self.generation,
-        }
+        self.local.clone()
     }
 }

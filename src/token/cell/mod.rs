@@ -17,8 +17,7 @@
 //! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
 //!   request path). It is started again by the next use, on whatever runtime that use runs on,
 //!   when its task has ended or its runtime is gone.
-//! - [`reader`]: the per-service view the layer reads the token through; [`stripes`]: the
-//!   per-thread copies of a token that callers without a copy of their own hand out.
+//! - [`slots`]: the per-thread slots the fast path finds the token in, each a copy of its own.
 //! - [`runtime`]: the runtime a cell may fetch on (the current one, if it has timers).
 
 mod attempt;
@@ -27,11 +26,10 @@ mod fhir_clock;
 mod flight;
 mod header;
 mod health;
-mod reader;
 mod refresher;
 mod rejection;
 mod runtime;
-mod stripes;
+mod slots;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -46,8 +44,6 @@ use self::flight::{Reason, Sched};
 use self::header::Counters;
 pub use self::header::{CellStats, TokenHeader};
 pub use self::health::Health;
-use self::reader::LocalToken;
-pub(crate) use self::reader::{CellLink, TokenReader};
 pub(crate) use self::rejection::{Rejection, RetryPlan};
 use super::policy::RefreshPolicy;
 use super::{AccessToken, TokenSource};
@@ -114,9 +110,13 @@ pub struct TokenCell {
 
 /// What every handle on one cell shares.
 struct Shared {
+    /// The fast path's per-thread copies of `current` (see [`slots`]); a cache of it that the
+    /// cell clears whenever `current` changes.
+    slots: slots::Slots,
+    /// The link handed out with a token that no slot holds (a count shared by the threads
+    /// whose slot is busy).
+    link: CellLink,
     current: ArcSwapOption<CachedToken>,
-    /// This cell, for the links tokens keep to it (see [`CellLink`]).
-    me: Weak<Self>,
     /// Set while the cell should have a background refresher and none runs: the next use starts
     /// one (see [`refresher`]). Always false with background refresh off.
     needs_refresher: AtomicBool,
@@ -134,8 +134,6 @@ struct Shared {
     /// Wakes the background refresher when the schedule changes or the cell is dropped.
     wake: Arc<Notify>,
     counters: Counters,
-    /// How many per-thread copies each token gets (see [`stripes`]).
-    stripe_count: usize,
     /// Which runtimes have timers, as far as the cell has seen (see [`runtime`]).
     runtimes: runtime::Runtimes,
 }
@@ -177,8 +175,9 @@ impl TokenCell {
     ) -> Self {
         let cell = Self {
             shared: Arc::new_cyclic(|me| Shared {
+                slots: slots::Slots::new(slots::slot_count()),
+                link: CellLink::new(me.clone()),
                 current: ArcSwapOption::empty(),
-                me: me.clone(),
                 needs_refresher: AtomicBool::new(policy.background_refresh),
                 refresher_parked: AtomicBool::new(false),
                 quiet_until: AtomicU64::new(0),
@@ -189,7 +188,6 @@ impl TokenCell {
                 sched: Mutex::new(Sched::default()),
                 wake: Arc::new(Notify::new()),
                 counters: Counters::default(),
-                stripe_count: stripes::stripe_count(),
                 runtimes: runtime::Runtimes::default(),
             }),
         };
@@ -197,18 +195,24 @@ impl TokenCell {
         cell
     }
 
-    /// The token, if one is usable now. Never waits or locks; allocates only the first time this
-    /// thread hands out this token (its own copy, so that threads share no count). Starts one
+    /// The token, if one is usable now. Never waits (the thread's slot is taken with a
+    /// try-lock: a busy one is passed by); allocates only the first time this thread hands out
+    /// this token (its own copy, so that threads share no count). Starts one
     /// refresh (without waiting for it, and only inside a tokio runtime) when the token is past
     /// its refresh point. Without a usable token it returns `None`; [`token`](Self::token) then
     /// fetches one.
     #[must_use]
     #[inline]
     pub fn current(&self) -> Option<TokenHeader> {
-        self.shared.with_current(|token| TokenHeader {
-            value: token.value().clone(),
-            generation: token.generation(),
-        })
+        self.shared.hand_out(|header, _| header.clone())
+    }
+
+    /// [`current`](Self::current), with a link to the cell for the request's response future
+    /// (should the server reject the token).
+    #[inline]
+    pub(crate) fn current_linked(&self) -> Option<(TokenHeader, CellLink)> {
+        self.shared
+            .hand_out(|header, link| (header.clone(), link.clone()))
     }
 
     /// A usable token: the current one, or the outcome of the refresh in flight (started if
@@ -302,6 +306,41 @@ impl TokenCell {
     }
 }
 
+/// A link to a cell that does not keep it alive, with a reference count of its own: each slot
+/// and each token has one, so that the response futures of different threads write no count in
+/// common (see [`slots`]).
+#[derive(Clone)]
+pub(crate) struct CellLink(Arc<Weak<Shared>>);
+
+impl CellLink {
+    fn new(shared: Weak<Shared>) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// The cell, if any handle on it is left.
+    pub(crate) fn cell(&self) -> Option<TokenCell> {
+        self.0.upgrade().map(|shared| TokenCell { shared })
+    }
+
+    /// A link to no cell, for tests.
+    #[cfg(test)]
+    fn detached() -> Self {
+        Self::new(Weak::new())
+    }
+
+    /// Whether both share one count, for tests.
+    #[cfg(test)]
+    fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for CellLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CellLink").finish_non_exhaustive()
+    }
+}
+
 /// A [`TokenCell`] that is not kept alive by this handle.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
@@ -334,27 +373,66 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The fast path for callers with no copy of their own: `f` of the token handed out now (this
-    /// thread's copy, or the shared copy of the previous token while the FHIR server does not
-    /// take the new one), after which a refresh is started if the token is past its refresh
-    /// point, and a background refresher if none runs.
+    /// The fast path: `f` of this thread's slot if it holds the token (see [`slots`]), else of
+    /// the token handed out now (filling the slot), after which a refresh is started if the
+    /// token is past its refresh point, and a background refresher if none runs.
     #[inline]
-    fn with_current<T>(self: &Arc<Self>, f: impl FnOnce(&LocalToken) -> T) -> Option<T> {
+    fn hand_out<R, F>(self: &Arc<Self>, f: F) -> Option<R>
+    where
+        F: Fn(&TokenHeader, &CellLink) -> R + Copy,
+    {
+        match self.slots.get(f) {
+            Some(out) => Some(out),
+            None => self.hand_out_unslotted(f),
+        }
+    }
+
+    /// The fast path past a slot that does not hold the token.
+    fn hand_out_unslotted<R, F>(self: &Arc<Self>, f: F) -> Option<R>
+    where
+        F: Fn(&TokenHeader, &CellLink) -> R + Copy,
+    {
         let guard = self.current.load();
         // After the load: no earlier than the instant the token was installed at.
         let now = Instant::now();
         let cached = guard.as_ref()?;
         match cached.serves(now) {
             Serves::No => None,
-            Serves::Previous(previous) => Some(f(&previous.local)),
+            Serves::Previous(previous) => Some(f(&previous.local, &self.link)),
             Serves::Current => {
-                let out = f(cached.stripes.get(&cached.local));
+                let until = cached.cacheable_until();
+                let slotted = if now < until {
+                    self.slots.fill(
+                        &cached.local,
+                        until,
+                        || self.may_slot(cached),
+                        || CellLink::new(Arc::downgrade(self)),
+                        f,
+                    )
+                } else {
+                    None
+                };
+                let out = slotted.unwrap_or_else(|| f(&cached.local, &self.link));
                 let stale = now >= cached.refresh_at;
                 drop(guard);
                 self.tend(stale, now);
                 Some(out)
             }
         }
+    }
+
+    /// Whether a slot may hold `cached`: it is still the cell's token, and a slot hit, which
+    /// skips the fast path's upkeep, misses nothing (a background refresher runs, or none is
+    /// wanted). Called under the slot's lock: the cell clears every slot after changing either.
+    fn may_slot(&self, cached: &Arc<CachedToken>) -> bool {
+        !self
+            .needs_refresher
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, cached))
     }
 
     /// The token handed out at `now`, if it is of a generation after `after`.

@@ -53,8 +53,15 @@ impl Shared {
     /// slow paths once they are on a runtime with timers. The next use starts it.
     pub(super) fn unpark_refresher(&self) {
         if self.refresher_parked.swap(false, Ordering::AcqRel) {
-            self.needs_refresher.store(true, Ordering::Release);
+            self.want_refresher();
         }
+    }
+
+    /// Lets the next use start a refresher: the flag, then every slot emptied (a slot hit skips
+    /// the upkeep that would start it; see `Shared::may_slot`).
+    fn want_refresher(&self) {
+        self.needs_refresher.store(true, Ordering::Release);
+        self.slots.clear();
     }
 
     /// The fast path's upkeep after handing out a token at `now`: a refresh when the token is
@@ -143,7 +150,7 @@ impl Drop for RefresherGuard {
         if let Some(shared) = self.0.upgrade()
             && shared.policy.background_refresh
         {
-            shared.needs_refresher.store(true, Ordering::Release);
+            shared.want_refresher();
         }
     }
 }

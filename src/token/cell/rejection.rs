@@ -228,6 +228,7 @@ impl Shared {
         }
         sched.rejected = Some(shared_fetch::digest(cached.token.as_str()));
         let _ = self.current.compare_and_swap(&*guard, None);
+        self.slots.clear();
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         self.set_quiet(&sched);
         drop(sched);
