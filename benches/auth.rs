@@ -370,6 +370,9 @@ fn main() {
     if wanted("oneshot_ratios") {
         common::oneshot::oneshot_ratios();
     }
+    if wanted("evicted_ratios") {
+        common::evicted::evicted_ratios();
+    }
     if wanted("e2e_ratio") {
         e2e_ratio("system allocator");
     }

@@ -17,6 +17,7 @@ use koppeltaal_auth::{Authenticator, KoppeltaalAuth};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
+pub(crate) mod evicted;
 pub(crate) mod floor;
 pub(crate) mod oneshot;
 pub(crate) mod warm;
