@@ -8,9 +8,9 @@
 //! again.
 //!
 //! [`KoppeltaalAuthLayer`] does all of that for any tower HTTP service: it keeps the token in a
-//! shared [`TokenCell`] (one lock-free load per request), refreshes it ahead of expiry in the
-//! background, adds it only to requests for the configured FHIR base, and on a `401` renews it
-//! once and replays the request. `KoppeltaalAuthMiddleware` (feature `reqwest-middleware`) does
+//! shared [`TokenCell`] (read without waiting on every request, and checked against the clock),
+//! refreshes it ahead of expiry in the background, adds it only to requests for the configured
+//! FHIR base, and on a `401` renews it once and replays the request. `KoppeltaalAuthMiddleware` (feature `reqwest-middleware`) does
 //! the same for reqwest.
 //!
 //! # Example

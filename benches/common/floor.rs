@@ -49,6 +49,9 @@ pub(crate) fn e2e_floor(allocator: &str) {
     let floor =
         tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
     let ours = auth.layer().replay_on_401(false).layer(client.clone());
+    // For profiling one side alone (`perf record`): `E2E_FLOOR_ONLY=floor` or `=ours`.
+    let only = std::env::var("E2E_FLOOR_ONLY").ok();
+    let runs = |side: &str| only.as_deref().is_none_or(|only| only == side);
     let mut ratios = Vec::with_capacity(ROUNDS);
     runtime.block_on(async {
         // Warm the pool to its working size first.
@@ -56,9 +59,9 @@ pub(crate) fn e2e_floor(allocator: &str) {
         for round in 0..ROUNDS {
             let (mut floor_rps, mut ours_rps) = (0.0, 0.0);
             for side in [round % 2, 1 - round % 2] {
-                if side == 0 {
+                if side == 0 && runs("floor") {
                     floor_rps = e2e_load_with(&floor, &url, TASKS, PER_TASK, request_to).await;
-                } else {
+                } else if side == 1 && runs("ours") {
                     ours_rps = e2e_load_with(&ours, &url, TASKS, PER_TASK, request_to).await;
                 }
             }

@@ -1,14 +1,15 @@
 //! The values a [`TokenCell`](super::TokenCell) hands out: the token as a ready header value,
-//! and the cell's counters.
+//! the link to the cell a response future keeps, and the cell's counters.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::TokenCell;
+use super::{Shared, TokenCell};
 
 /// A usable token as the cell hands it out: the ready `Authorization` value and its generation.
 ///
@@ -37,6 +38,42 @@ impl TokenHeader {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+}
+
+/// A link to a cell that does not keep it alive, with a reference count of its own: a response
+/// future keeps one, to report a `401`. Each thread's slot has its own (see
+/// [`Slots`](super::slots::Slots)), so that the response futures of different threads write no
+/// count in common; the cell has one more for the tokens no slot holds.
+#[derive(Clone)]
+pub(crate) struct CellLink(Arc<Weak<Shared>>);
+
+impl CellLink {
+    pub(super) fn new(shared: Weak<Shared>) -> Self {
+        Self(Arc::new(shared))
+    }
+
+    /// The cell, if any handle on it is left.
+    pub(crate) fn cell(&self) -> Option<TokenCell> {
+        self.0.upgrade().map(|shared| TokenCell { shared })
+    }
+
+    /// A link to no cell, for tests.
+    #[cfg(test)]
+    pub(super) fn detached() -> Self {
+        Self::new(Weak::new())
+    }
+
+    /// Whether both share one count, for tests.
+    #[cfg(test)]
+    pub(super) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for CellLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CellLink").finish_non_exhaustive()
     }
 }
 

@@ -2,17 +2,17 @@
 //!
 //! The cell is split by idea:
 //!
-//! - this module: the state (the current token with the instants that govern it) and the fast
-//!   path. Every use compares the token's usable-until instant with the clock: a token is never
-//!   handed out after it, whatever any task, runtime or clock does. No flag that some task must
-//!   clear stands in for that comparison.
+//! - this module: the state (the current token with the instants that govern it).
+//! - [`fast_path`]: handing the token out. Every use compares a usable-until instant with the
+//!   clock: a token is never handed out after it, whatever any task, runtime or clock does. No
+//!   flag that some task must clear stands in for that comparison.
 //! - [`flight`]: the single-flight refresh. An attempt reports its outcome even when its task is
 //!   dropped before it ever runs; one whose task is not being run is given up on by the next
 //!   caller that needs a token; every wait honours its deadline.
 //! - [`attempt`]: one attempt: fetching, supervising, installing its token.
 //! - [`rejection`]: a token the server rejected.
-//! - [`header`]: the values the cell hands out, and its counters; [`cached`]: a token with its
-//!   instants.
+//! - [`header`]: the values the cell hands out (and the link to the cell a response future
+//!   keeps), and its counters; [`cached`]: a token with its instants.
 //! - [`fhir_clock`]: the FHIR server's clock, when it is behind the auth server's.
 //! - [`refresher`]: the background refresher, an optimisation only (it moves refreshes off the
 //!   request path). It is started again by the next use, on whatever runtime that use runs on,
@@ -22,6 +22,7 @@
 
 mod attempt;
 mod cached;
+mod fast_path;
 mod fhir_clock;
 mod flight;
 mod header;
@@ -39,8 +40,9 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use self::cached::{CachedToken, Serves, Usable};
+use self::cached::{CachedToken, Usable};
 use self::flight::{Reason, Sched};
+pub(crate) use self::header::CellLink;
 use self::header::Counters;
 pub use self::header::{CellStats, TokenHeader};
 pub use self::health::Health;
@@ -54,9 +56,10 @@ use crate::store::{StorePolicy, TokenStore};
 ///
 /// Built from any [`TokenSource`] and a [`RefreshPolicy`]; cheap to clone (clones share the token).
 ///
-/// - [`current`](Self::current) is the fast path: one lock-free load and one clock read, no
-///   `.await`, and no allocation but a thread's own copy of each new token, made the first time
-///   that thread hands it out. It returns the token while it is usable and, once the token is
+/// - [`current`](Self::current) is the fast path: the calling thread's own slot in the cell
+///   (taken with a try-lock, never waited for) and one clock read, no `.await`, and no
+///   allocation but a thread's own copy of each new token, made the first time that thread
+///   hands it out. It returns the token while it is usable and, once the token is
 ///   past its refresh point, starts one refresh without waiting for it.
 /// - [`token`](Self::token) also waits, when there is no usable token, for the one refresh in
 ///   flight (starting it if needed), for at most the policy's wait timeout.
@@ -306,41 +309,6 @@ impl TokenCell {
     }
 }
 
-/// A link to a cell that does not keep it alive, with a reference count of its own: each slot
-/// and each token has one, so that the response futures of different threads write no count in
-/// common (see [`slots`]).
-#[derive(Clone)]
-pub(crate) struct CellLink(Arc<Weak<Shared>>);
-
-impl CellLink {
-    fn new(shared: Weak<Shared>) -> Self {
-        Self(Arc::new(shared))
-    }
-
-    /// The cell, if any handle on it is left.
-    pub(crate) fn cell(&self) -> Option<TokenCell> {
-        self.0.upgrade().map(|shared| TokenCell { shared })
-    }
-
-    /// A link to no cell, for tests.
-    #[cfg(test)]
-    fn detached() -> Self {
-        Self::new(Weak::new())
-    }
-
-    /// Whether both share one count, for tests.
-    #[cfg(test)]
-    fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl fmt::Debug for CellLink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CellLink").finish_non_exhaustive()
-    }
-}
-
 /// A [`TokenCell`] that is not kept alive by this handle.
 #[derive(Clone)]
 #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
@@ -373,97 +341,8 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The fast path: `f` of this thread's slot if it holds the token (see [`slots`]), else of
-    /// the token handed out now (filling the slot), after which a refresh is started if the
-    /// token is past its refresh point, and a background refresher if none runs.
-    #[inline]
-    fn hand_out<R, F>(self: &Arc<Self>, f: F) -> Option<R>
-    where
-        F: Fn(&TokenHeader, &CellLink) -> R + Copy,
-    {
-        match self.slots.get(f) {
-            Some(out) => Some(out),
-            None => self.hand_out_unslotted(f),
-        }
-    }
-
-    /// The fast path past a slot that does not hold the token.
-    fn hand_out_unslotted<R, F>(self: &Arc<Self>, f: F) -> Option<R>
-    where
-        F: Fn(&TokenHeader, &CellLink) -> R + Copy,
-    {
-        let guard = self.current.load();
-        // After the load: no earlier than the instant the token was installed at.
-        let now = Instant::now();
-        let cached = guard.as_ref()?;
-        match cached.serves(now) {
-            Serves::No => None,
-            Serves::Previous(previous) => Some(f(&previous.local, &self.link)),
-            Serves::Current => {
-                let until = cached.cacheable_until();
-                let slotted = if now < until {
-                    self.slots.fill(
-                        &cached.local,
-                        until,
-                        || self.may_slot(cached),
-                        || CellLink::new(Arc::downgrade(self)),
-                        f,
-                    )
-                } else {
-                    None
-                };
-                let out = slotted.unwrap_or_else(|| f(&cached.local, &self.link));
-                let stale = now >= cached.refresh_at;
-                drop(guard);
-                self.tend(stale, now);
-                Some(out)
-            }
-        }
-    }
-
-    /// Whether a slot may hold `cached`: it is still the cell's token, and a slot hit, which
-    /// skips the fast path's upkeep, misses nothing (a background refresher runs, or none is
-    /// wanted). Called under the slot's lock: the cell clears every slot after changing either.
-    fn may_slot(&self, cached: &Arc<CachedToken>) -> bool {
-        !self
-            .needs_refresher
-            .load(std::sync::atomic::Ordering::Acquire)
-            && self
-                .current
-                .load()
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, cached))
-    }
-
     /// The token handed out at `now`, if it is of a generation after `after`.
     fn usable(&self, now: Instant, after: u64) -> Option<Usable> {
         self.current.load().as_ref()?.usable_at(now, after)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::FakeTokenSource;
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_token_is_never_handed_out_at_or_after_its_usable_until_instant() {
-        let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(100));
-        let cell = TokenCell::new(
-            source.clone(),
-            RefreshPolicy::default().background_refresh(false),
-        );
-        cell.ready().await.unwrap();
-        // The refresh that the stale token starts never completes.
-        source.close_gate();
-        let usable_until = cell.shared.current.load_full().unwrap().usable_until;
-        // 100 s token, margin min(10 s, 10 s): usable for 90 s.
-        tokio::time::advance(Duration::from_secs(90) - Duration::from_nanos(1)).await;
-        assert!(Instant::now() < usable_until);
-        assert_eq!(cell.current().map(|t| t.generation()), Some(1));
-        tokio::time::advance(Duration::from_nanos(1)).await;
-        assert_eq!(Instant::now(), usable_until);
-        assert!(cell.current().is_none());
     }
 }
