@@ -77,8 +77,8 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::TokenCell;
+    use super::*;
     use crate::testing::FakeTokenSource;
     use crate::token::RefreshPolicy;
     use std::time::Duration;
