@@ -49,14 +49,19 @@ pub(crate) fn e2e_floor(allocator: &str) {
     let floor =
         tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
     let ours = auth.layer().replay_on_401(false).layer(client.clone());
-    // For profiling one side alone (`perf record`): `E2E_FLOOR_ONLY=floor` or `=ours`.
+    // For profiling one side alone (`perf record`, `valgrind`): `E2E_FLOOR_ONLY=floor` or
+    // `=ours`, and fewer rounds with `E2E_FLOOR_ROUNDS`.
+    let rounds = std::env::var("E2E_FLOOR_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse::<usize>().ok())
+        .map_or(ROUNDS, |rounds| rounds.clamp(1, ROUNDS));
     let only = std::env::var("E2E_FLOOR_ONLY").ok();
     let runs = |side: &str| only.as_deref().is_none_or(|only| only == side);
-    let mut ratios = Vec::with_capacity(ROUNDS);
+    let mut ratios = Vec::with_capacity(rounds);
     runtime.block_on(async {
         // Warm the pool to its working size first.
         e2e_load_with(&client, &url, TASKS, 20, request_to).await;
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let (mut floor_rps, mut ours_rps) = (0.0, 0.0);
             for side in [round % 2, 1 - round % 2] {
                 if side == 0 && runs("floor") {
@@ -73,8 +78,8 @@ pub(crate) fn e2e_floor(allocator: &str) {
     let won = ratios.iter().filter(|&&ratio| ratio > 1.0).count();
     println!(
         "\ne2e floor ({allocator}), {TASKS} concurrent streams, koppeltaal_auth replay off / \
-         add_authorization ({ROUNDS} alternating rounds of {} requests per side): median ratio \
-         {:.4}, 95% interval [{:.4}, {:.4}], rounds won {won}/{ROUNDS} (target >= 1.00)",
+         add_authorization ({rounds} alternating rounds of {} requests per side): median ratio \
+         {:.4}, 95% interval [{:.4}, {:.4}], rounds won {won}/{rounds} (target >= 1.00)",
         TASKS * PER_TASK,
         ratios[ratios.len() / 2],
         ratios[low],
