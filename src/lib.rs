@@ -10,8 +10,8 @@
 //! [`KoppeltaalAuthLayer`] does all of that for any tower HTTP service: it keeps the token in a
 //! shared [`TokenCell`] (read without waiting on every request, and checked against the clock),
 //! refreshes it ahead of expiry in the background, adds it only to requests for the configured
-//! FHIR base, and on a `401` renews it once and replays the request. `KoppeltaalAuthMiddleware` (feature `reqwest-middleware`) does
-//! the same for reqwest.
+//! FHIR base, and on a `401` renews it once and replays the request. `KoppeltaalAuthMiddleware`
+//! (feature `reqwest-middleware`) does the same for reqwest.
 //!
 //! # Example
 //!

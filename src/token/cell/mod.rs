@@ -59,8 +59,8 @@ use crate::store::{StorePolicy, TokenStore};
 /// - [`current`](Self::current) is the fast path: the calling thread's own slot in the cell
 ///   (taken with a try-lock, never waited for) and one clock read, no `.await`, and no
 ///   allocation but a thread's own copy of each new token, made the first time that thread
-///   hands it out. It returns the token while it is usable and, once the token is
-///   past its refresh point, starts one refresh without waiting for it.
+///   hands it out. It returns the token while it is usable and, once the token is past its
+///   refresh point, starts one refresh without waiting for it.
 /// - [`token`](Self::token) also waits, when there is no usable token, for the one refresh in
 ///   flight (starting it if needed), for at most the policy's wait timeout.
 /// - [`invalidate`](Self::invalidate) and [`renewed`](Self::renewed) handle a `401` from the
@@ -200,10 +200,9 @@ impl TokenCell {
 
     /// The token, if one is usable now. Never waits (the thread's slot is taken with a
     /// try-lock: a busy one is passed by); allocates only the first time this thread hands out
-    /// this token (its own copy, so that threads share no count). Starts one
-    /// refresh (without waiting for it, and only inside a tokio runtime) when the token is past
-    /// its refresh point. Without a usable token it returns `None`; [`token`](Self::token) then
-    /// fetches one.
+    /// this token (its own copy, so that threads share no count). Starts one refresh (without
+    /// waiting for it, and only inside a tokio runtime) when the token is past its refresh
+    /// point. Without a usable token it returns `None`; [`token`](Self::token) then fetches one.
     #[must_use]
     #[inline]
     pub fn current(&self) -> Option<TokenHeader> {

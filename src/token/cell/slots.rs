@@ -6,10 +6,10 @@
 //! the token through the cell's arc-swap pointer touches the thread's debt slots, the pointer, the
 //! token's instants and a copy of its header value, each in a line of its own. A [`Slots`] keeps,
 //! inside the cell, up to one slot per hardware thread (16 at most), each in cache lines of its
-//! own: a lock, the instant until which the slot may hand out its token, the generation, and a
-//! header value of the slot's own (its own bytes and count, so that threads write no count in
-//! common unless they share a slot). A hit touches that slot and its value's count, and reads the
-//! clock.
+//! own: a lock, the instant until which the slot may hand out its token, the generation, a
+//! header value of the slot's own (its own bytes and count) and a link to the cell of its own
+//! (for the response future), so that threads write no count in common unless they share a
+//! slot. A hit touches that slot, its value's count and its link's count, and reads the clock.
 //!
 //! A slot is a cache, never the truth: it is filled, by the thread that uses it, from the cell's
 //! current token, and it holds the token only until the token's refresh point (never past its
