@@ -49,6 +49,11 @@ pub(crate) fn e2e_floor(allocator: &str) {
     let floor =
         tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
     let ours = auth.layer().replay_on_401(false).layer(client.clone());
+    // `E2E_FLOOR_AA=1`: the bench against itself (a second `AddAuthorization` in the layer's
+    // place), to see how far from 1.00 the setup alone puts the ratio.
+    let same = std::env::var_os("E2E_FLOOR_AA").is_some();
+    let twin =
+        tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
     // For profiling one side alone (`perf record`, `valgrind`): `E2E_FLOOR_ONLY=floor` or
     // `=ours`, and fewer rounds with `E2E_FLOOR_ROUNDS`.
     let rounds = std::env::var("E2E_FLOOR_ROUNDS")
@@ -66,6 +71,8 @@ pub(crate) fn e2e_floor(allocator: &str) {
             for side in [round % 2, 1 - round % 2] {
                 if side == 0 && runs("floor") {
                     floor_rps = e2e_load_with(&floor, &url, TASKS, PER_TASK, request_to).await;
+                } else if side == 1 && runs("ours") && same {
+                    ours_rps = e2e_load_with(&twin, &url, TASKS, PER_TASK, request_to).await;
                 } else if side == 1 && runs("ours") {
                     ours_rps = e2e_load_with(&ours, &url, TASKS, PER_TASK, request_to).await;
                 }
