@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind};
 
@@ -60,7 +61,12 @@ pub(crate) async fn read_limited(
     {
         return Err(too_large());
     }
-    let mut body = BytesMut::new();
+    // A token response holds a token: the buffer is wiped when it grows and when it is dropped.
+    let expected = response
+        .content_length()
+        .and_then(|len| usize::try_from(len).ok())
+        .unwrap_or(0);
+    let mut body = Zeroizing::new(Vec::with_capacity(expected));
     while let Some(chunk) = response
         .chunk()
         .await
@@ -69,7 +75,7 @@ pub(crate) async fn read_limited(
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        crate::wipe::extend(&mut body, &chunk, limit);
     }
-    Ok(body.freeze())
+    Ok(crate::wipe::bytes(body))
 }

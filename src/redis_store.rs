@@ -1,11 +1,13 @@
 //! `RedisTokenStore` (feature `redis`): one token per lifetime for a whole deployment.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind};
 use crate::store::{SharedStore, StoreKey, StoredToken, TokenStore};
@@ -133,9 +135,12 @@ struct RedisKeyStore {
 
 /// The stored value. No absolute time: how long the token has left is the key's TTL, measured by
 /// Redis's clock, so that instances whose clocks disagree still agree on it.
+/// The token is borrowed from the JSON text where it can be (wiped with it), and from the
+/// [`StoredToken`] it came from when saving.
 #[derive(Serialize, Deserialize)]
-struct Entry {
-    access_token: String,
+struct Entry<'a> {
+    #[serde(borrow)]
+    access_token: Cow<'a, str>,
     lifetime_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
@@ -159,17 +164,20 @@ impl TokenStore for RedisKeyStore {
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|err| redis_error("Redis GET failed", err))?;
+            // The JSON holds the token: wiped when dropped.
+            let value = value.map(Zeroizing::new);
             // A key without a TTL (-1) was not written by this store: ignored, as is an entry
             // that does not parse (replaced at the next refresh).
             let Ok(ttl_ms) = u64::try_from(ttl_ms) else {
                 return Ok(None);
             };
             Ok(value
-                .and_then(|json| serde_json::from_str::<Entry>(&json).ok())
                 .filter(|_| ttl_ms > 0)
+                .as_ref()
+                .and_then(|json| serde_json::from_str::<Entry<'_>>(json).ok())
                 .map(|entry| {
                     StoredToken::new(
-                        entry.access_token,
+                        entry.access_token.into_owned(),
                         Duration::from_millis(ttl_ms),
                         Duration::from_millis(entry.lifetime_ms),
                         entry.scope,
@@ -185,17 +193,17 @@ impl TokenStore for RedisKeyStore {
                 return Ok(());
             }
             let entry = Entry {
-                access_token: token.token().to_owned(),
+                access_token: Cow::Borrowed(token.token()),
                 lifetime_ms: millis(token.lifetime()),
                 scope: token.scope().map(str::to_owned),
             };
-            let json = serde_json::to_string(&entry).map_err(|err| {
+            let json = Zeroizing::new(serde_json::to_string(&entry).map_err(|err| {
                 Error::new(ErrorKind::Transport, "cannot encode the token").with_source(err)
-            })?;
+            })?);
             let mut connection = self.manager.clone();
             redis::cmd("SET")
                 .arg(&self.token_key)
-                .arg(json)
+                .arg(json.as_str())
                 .arg("PX")
                 .arg(ttl)
                 .query_async::<()>(&mut connection)

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use zeroize::Zeroize;
+
 use crate::error::Error;
 use crate::token::{BoxFuture, MAX_TOKEN_LIFETIME};
 
@@ -22,7 +24,8 @@ use crate::token::{BoxFuture, MAX_TOKEN_LIFETIME};
 ///
 /// # Security
 ///
-/// It holds the bearer token: `Debug` redacts it.
+/// It holds the bearer token: `Debug` redacts it, and the token is wiped from memory when the
+/// value is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredToken {
     token: String,
@@ -73,6 +76,13 @@ impl StoredToken {
     #[must_use]
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
+    }
+}
+
+/// The token is wiped from memory when dropped.
+impl Drop for StoredToken {
+    fn drop(&mut self) {
+        self.token.zeroize();
     }
 }
 

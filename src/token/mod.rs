@@ -54,7 +54,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// `Debug` never shows the token and there is no `Display`; use [`as_str`](Self::as_str) when you
 /// need it. The ready-made `Authorization` value from [`header_value`](Self::header_value) is
-/// marked sensitive, so HTTP libraries leave it out of their logs.
+/// marked sensitive, so HTTP libraries leave it out of their logs. Its bytes are wiped from
+/// memory when the last clone of the token or of that value is dropped; a copy you make of
+/// [`as_str`](Self::as_str) is yours to wipe.
 #[derive(Clone)]
 pub struct AccessToken {
     header: HeaderValue,
@@ -93,12 +95,9 @@ impl AccessToken {
         if lifetime.is_zero() {
             return Err(invalid("the token lifetime is zero"));
         }
-        let mut value = String::with_capacity(BEARER_PREFIX.len() + token.len());
-        value.push_str(BEARER_PREFIX);
-        value.push_str(token);
-        let mut header = HeaderValue::try_from(value)
+        // Sensitive, and wiped from memory when the last clone is dropped.
+        let header = crate::wipe::sensitive_header(&[BEARER_PREFIX.as_bytes(), token.as_bytes()])
             .map_err(|_| invalid("`access_token` cannot go into an HTTP header"))?;
-        header.set_sensitive(true);
         Ok(Self {
             header,
             lifetime: lifetime.min(MAX_TOKEN_LIFETIME),

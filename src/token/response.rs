@@ -24,7 +24,8 @@ fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 ///
 /// `token_type` must be `bearer` in any case; `expires_in` may be a number or a numeric string,
 /// and `default_lifetime` stands in when it is missing; `refresh_token` is ignored. The body is
-/// never copied into an error: it may hold a token.
+/// never copied into an error: it may hold a token. The parsed copy is wiped before it is freed,
+/// on every path (see `crate::wipe`).
 pub(crate) fn parse_token_response(
     body: &[u8],
     received_at: Instant,
@@ -37,7 +38,8 @@ pub(crate) fn parse_token_response(
             "the body is not JSON"
         })
     })?;
-    let Value::Object(object) = value else {
+    let parsed = Wiped(value);
+    let Value::Object(object) = &parsed.0 else {
         return Err(invalid("the body is not a JSON object"));
     };
     let token = match object.get("access_token") {
@@ -66,6 +68,15 @@ pub(crate) fn parse_token_response(
         Some(_) => return Err(invalid("`scope` is not a string")),
     };
     Ok(AccessToken::new(token, lifetime, received_at)?.with_scope(scope))
+}
+
+/// A parsed token response, its strings wiped when dropped.
+struct Wiped(Value);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        crate::wipe::json(&mut self.0);
+    }
 }
 
 fn parse_expires_in(value: &Value) -> Result<u64, Error> {

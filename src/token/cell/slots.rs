@@ -145,18 +145,10 @@ impl Slots {
     }
 }
 
-/// A copy of `value` with bytes and a count of its own, marked sensitive; shared once already,
-/// so that clones on the fast path never allocate.
+/// A copy of `value` with bytes and a count of its own, marked sensitive and wiped from memory
+/// when its last clone is dropped; clones on the fast path never allocate.
 fn own_copy(value: &HeaderValue) -> HeaderValue {
-    let copy = HeaderValue::from_bytes(value.as_bytes()).map_or_else(
-        |_| value.clone(),
-        |mut copy| {
-            copy.set_sensitive(true);
-            copy
-        },
-    );
-    drop(copy.clone());
-    copy
+    crate::wipe::sensitive_header(&[value.as_bytes()]).unwrap_or_else(|_| value.clone())
 }
 
 /// How many slots a cell uses: the machine's hardware threads, rounded up to a power of two, at
