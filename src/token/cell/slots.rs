@@ -103,9 +103,18 @@ impl Slots {
         link: impl FnOnce() -> CellLink,
         hand_out: impl FnOnce(&TokenHeader, &CellLink) -> R,
     ) -> Option<R> {
-        let mut entry = match self.mine().0.try_lock() {
+        let slot = &self.mine().0;
+        let mut entry = match slot.try_lock() {
             Ok(entry) => entry,
-            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return None,
+            Err(TryLockError::WouldBlock) => return None,
+            // A panic under the lock (in a caller's `hand_out`): the slot starts afresh, rather
+            // than missing for good.
+            Err(TryLockError::Poisoned(poisoned)) => {
+                let mut entry = poisoned.into_inner();
+                *entry = None;
+                slot.clear_poison();
+                entry
+            }
         };
         if !still_current() {
             return None;
@@ -130,6 +139,7 @@ impl Slots {
     pub(super) fn clear(&self) {
         for slot in &self.slots[..=self.mask] {
             let old = slot.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+            slot.0.clear_poison();
             // The copy is freed outside the lock.
             drop(old);
         }
@@ -298,6 +308,37 @@ mod tests {
         let _held = slots.slots[0].0.lock().unwrap();
         assert!(get(&slots).is_none());
         assert!(fill(&slots, &header(1), until, || true).is_none());
+    }
+
+    #[test]
+    fn a_poisoned_slot_heals_at_the_next_fill_or_clear() {
+        let slots = Slots::new(1);
+        let until = Instant::now() + Duration::from_secs(60);
+        let poison = |slots: &Slots| {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                slots.fill(
+                    &header(1),
+                    until,
+                    || true,
+                    CellLink::detached,
+                    |_, _| panic!("a panic under the slot's lock (expected by the test)"),
+                )
+            }));
+            assert!(panicked.is_err());
+            assert!(slots.slots[0].0.is_poisoned());
+        };
+        poison(&slots);
+        assert!(get(&slots).is_none(), "a poisoned slot is a miss");
+        assert_eq!(
+            fill(&slots, &header(2), until, || true).map(|got| got.generation()),
+            Some(2),
+            "healed by the next fill, with the new token"
+        );
+        assert_eq!(get(&slots).map(|got| got.generation()), Some(2));
+        poison(&slots);
+        slots.clear();
+        assert!(!slots.slots[0].0.is_poisoned(), "healed by a clear");
+        assert!(fill(&slots, &header(3), until, || true).is_some());
     }
 
     #[test]
