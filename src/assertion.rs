@@ -216,7 +216,8 @@ impl ClientAssertion {
 /// # Security
 ///
 /// It authenticates as the client until it expires: `Debug` prints `SignedAssertion([redacted])`
-/// and there is no `Display`. Use [`as_str`](Self::as_str) to send it.
+/// and there is no `Display`, and it is wiped from memory when dropped. Use
+/// [`as_str`](Self::as_str) to send it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedAssertion(String);
 
@@ -225,6 +226,14 @@ impl SignedAssertion {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Wiped from memory when dropped. (jsonwebtoken builds it from two halves, the signed
+/// header and claims and the signature, which it frees without wiping.)
+impl Drop for SignedAssertion {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -1,6 +1,8 @@
 //! No private key bytes are left in freed memory by this crate: a global allocator scans every
 //! block as it is freed (or moved by `realloc`) for pieces of the test key (its DER, and its
-//! base64 text) while a key is loaded from PEM and from a file, signs, is exported, and dropped.
+//! base64 text) while a key is loaded from PEM and from a file, signs, is exported, and dropped;
+//! and for the signed assertion, which is wiped when dropped (jsonwebtoken frees its two halves,
+//! the signed header and claims and the signature, unwiped: neither is the whole assertion).
 //! Copies inside AWS-LC live on its own heap (`OPENSSL_free` wipes what it frees) and are not
 //! seen here; jsonwebtoken's copy is wiped on drop, which this test covers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -89,14 +91,26 @@ fn no_key_bytes_are_left_in_freed_memory_after_load_sign_export_and_drop() {
     // Pieces of the private exponent and the primes (DER bytes 400.. and 700..), and of the
     // base64 text of the file (a line in the middle).
     let line = pem.lines().nth(10).unwrap();
+    let now = SystemTime::now();
+    let assertion =
+        ClientAssertion::new("client", "https://auth.example.org/oauth2/token").unwrap();
+    // The assertion the first key signs below (RS512 signatures are deterministic): a secret
+    // too, wiped when dropped.
+    let signed = assertion
+        .sign_at(
+            &SigningKey::from_pem(&pem, "test-rsa").unwrap(),
+            now,
+            "jti-1",
+        )
+        .unwrap()
+        .as_str()
+        .to_owned();
     *NEEDLES.lock().unwrap() = vec![
         der[400..416].to_vec(),
         der[700..716].to_vec(),
         line.as_bytes()[8..32].to_vec(),
+        signed.as_bytes().to_vec(),
     ];
-    let now = SystemTime::now();
-    let assertion =
-        ClientAssertion::new("client", "https://auth.example.org/oauth2/token").unwrap();
 
     SCANNING.store(true, Ordering::SeqCst);
     let key = SigningKey::from_pem(&pem, "test-rsa").unwrap();
@@ -111,6 +125,10 @@ fn no_key_bytes_are_left_in_freed_memory_after_load_sign_export_and_drop() {
         "pkcs1",
     )
     .unwrap();
+    assert_eq!(
+        assertion.sign_at(&key, now, "jti-1").unwrap().as_str(),
+        signed
+    );
     for key in [&key, &from_file, &pkcs1] {
         drop(assertion.sign_at(key, now, "jti-1").unwrap());
         drop(key.to_pkcs8_pem());
@@ -122,7 +140,7 @@ fn no_key_bytes_are_left_in_freed_memory_after_load_sign_export_and_drop() {
     assert_eq!(
         FOUND.load(Ordering::SeqCst),
         0,
-        "freed blocks held pieces of the private key"
+        "freed blocks held pieces of the private key or a whole assertion"
     );
     // The scanner does see a copy that is freed without being wiped.
     SCANNING.store(true, Ordering::SeqCst);

@@ -24,6 +24,7 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 mod builder;
+mod form;
 
 pub use self::builder::ClientCredentialsBuilder;
 
@@ -135,20 +136,17 @@ impl ClientCredentials {
             shifted(SystemTime::now(), offset),
             &uuid::Uuid::new_v4().to_string(),
         )?;
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
-            ("client_assertion", assertion.as_str()),
-        ];
-        if let Some(scope) = &inner.scope {
-            form.push(("scope", scope));
-        }
+        let body = form::token_request_body(assertion.as_str(), inner.scope.as_deref());
         let started = Instant::now();
         let response = inner
             .http
             .post(inner.token_endpoint.clone())
             .header(http::header::ACCEPT, "application/json")
-            .form(&form)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
             .send()
             .await
             .map_err(|err| Error::from_reqwest("token request failed", err))?;
