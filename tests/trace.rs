@@ -156,6 +156,23 @@ async fn headers_the_caller_set_win() {
             Some(id("context-cause"))
         )
     );
+    // A value of the caller's that is not a FHIR id goes out as set, with a warning that does
+    // not repeat it, and is not reported as sent.
+    let (logs, _guard) = capture_logs();
+    let mut request = get(&format!("{BASE}/Patient/1"));
+    let own = HeaderValue::from_static("not an id");
+    request.headers_mut().insert(X_REQUEST_ID, own.clone());
+    let response = traced(&recorder).oneshot(request).await.unwrap();
+    assert_eq!(recorder.seen()[1].get(X_REQUEST_ID), Some(&own));
+    let sent = response.extensions().get::<ResponseTrace>().unwrap().sent();
+    assert_eq!(sent.request_id(), None);
+    let text = logs.text();
+    assert!(
+        text.contains("WARN")
+            && text.contains("sent as the caller set it, but it is not a FHIR id"),
+        "{text}"
+    );
+    assert!(!text.contains("not an id"), "{text}");
 }
 
 #[tokio::test]

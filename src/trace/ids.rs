@@ -225,7 +225,8 @@ pub(crate) fn stamp(headers: &mut HeaderMap, context: Option<&TraceContext>) -> 
     }
 }
 
-/// The caller's own value of `name` (as an id, if it is one), else `ours`, inserted.
+/// The caller's own value of `name` (as an id, if it is one: else with a warning), else `ours`,
+/// inserted.
 fn own_or(
     headers: &mut HeaderMap,
     name: HeaderName,
@@ -233,7 +234,17 @@ fn own_or(
 ) -> Option<FhirId> {
     // (A full header map gets no id: no panic.)
     match headers.try_entry(name).ok()? {
-        http::header::Entry::Occupied(own) => FhirId::from_header(own.get()).ok(),
+        // The caller's value goes out as set, but one that is not a FHIR id is worth a warning:
+        // it cannot go into an AuditEvent, and is not reported as sent.
+        http::header::Entry::Occupied(own) => FhirId::from_header(own.get())
+            .inspect_err(|error| {
+                tracing::warn!(
+                    header = %own.key(),
+                    %error,
+                    "trace header sent as the caller set it, but it is not a FHIR id"
+                );
+            })
+            .ok(),
         http::header::Entry::Vacant(entry) => {
             let id = ours()?;
             entry.try_insert(id.to_header_value()).ok()?;
