@@ -46,7 +46,8 @@ impl MeteredSource {
                 .with_unit("{request}")
                 .with_description(
                     "Token requests, by outcome (ok, transient_error, permanent_error, cancelled) \
-                     and status class",
+                     and status class; one per attempt (a resend after a clock-skew refusal \
+                     counts with it)",
                 )
                 .build(),
             duration: meter
