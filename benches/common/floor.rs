@@ -50,10 +50,19 @@ pub(crate) fn e2e_floor(allocator: &str) {
         tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
     let ours = auth.layer().replay_on_401(false).layer(client.clone());
     // `E2E_FLOOR_AA=1`: the bench against itself (a second `AddAuthorization` in the layer's
-    // place), to see how far from 1.00 the setup alone puts the ratio.
-    let same = std::env::var_os("E2E_FLOOR_AA").is_some();
+    // place), to see how far from 1.00 the setup alone puts the ratio. `=static`: a static
+    // header value in the layer's place (no reference count at all), to see what the floor's
+    // shared count costs.
+    let twin_kind = std::env::var("E2E_FLOOR_AA").ok();
+    let same = twin_kind.as_deref() == Some("1");
+    let fixed = twin_kind.as_deref() == Some("static");
     let twin =
         tower_http::auth::AddAuthorizationLayer::bearer("fake-token-1").layer(client.clone());
+    let static_header = tower_http::set_header::SetRequestHeaderLayer::overriding(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer fake-token-1"),
+    )
+    .layer(client.clone());
     // For profiling one side alone (`perf record`, `valgrind`): `E2E_FLOOR_ONLY=floor` or
     // `=ours`, and fewer rounds with `E2E_FLOOR_ROUNDS`.
     let rounds = std::env::var("E2E_FLOOR_ROUNDS")
@@ -71,6 +80,9 @@ pub(crate) fn e2e_floor(allocator: &str) {
             for side in [round % 2, 1 - round % 2] {
                 if side == 0 && runs("floor") {
                     floor_rps = e2e_load_with(&floor, &url, TASKS, PER_TASK, request_to).await;
+                } else if side == 1 && runs("ours") && fixed {
+                    ours_rps =
+                        e2e_load_with(&static_header, &url, TASKS, PER_TASK, request_to).await;
                 } else if side == 1 && runs("ours") && same {
                     ours_rps = e2e_load_with(&twin, &url, TASKS, PER_TASK, request_to).await;
                 } else if side == 1 && runs("ours") {
