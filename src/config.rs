@@ -50,6 +50,8 @@ pub struct KoppeltaalAuthBuilder {
     store_policy: StorePolicy,
     #[cfg(feature = "opentelemetry")]
     meter: Option<opentelemetry::metrics::Meter>,
+    #[cfg(feature = "opentelemetry")]
+    meter_attributes: Vec<opentelemetry::KeyValue>,
 }
 
 impl fmt::Debug for KoppeltaalAuthBuilder {
@@ -107,6 +109,29 @@ impl KoppeltaalAuthBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
         self.meter = Some(meter);
+        self
+    }
+
+    /// Adds `attributes` to every series of this cell's metrics (see [`meter`](Self::meter)):
+    /// to tell apart cells that share a token endpoint host and a client id, which would
+    /// otherwise report the same series (for example a domain or tenant name). Keys the crate
+    /// sets itself (`server.address`, `koppeltaal.client_id`, `outcome`,
+    /// `http.response.status_class`) are dropped. Never put a secret in an attribute.
+    ///
+    /// ```
+    /// # fn build(meter: opentelemetry::metrics::Meter) -> koppeltaal_auth::KoppeltaalAuthBuilder {
+    /// koppeltaal_auth::KoppeltaalAuth::builder()
+    ///     .meter(meter)
+    ///     .meter_attributes([opentelemetry::KeyValue::new("koppeltaal.domain", "acceptance")])
+    /// # }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+    pub fn meter_attributes(
+        mut self,
+        attributes: impl IntoIterator<Item = opentelemetry::KeyValue>,
+    ) -> Self {
+        self.meter_attributes.extend(attributes);
         self
     }
 
@@ -276,8 +301,11 @@ impl KoppeltaalAuthBuilder {
             (shared.for_key(&key), self.store_policy)
         });
         #[cfg(feature = "opentelemetry")]
-        let attributes =
-            crate::metrics::cell_attributes(endpoint.as_deref(), self.credentials.get_client_id());
+        let attributes = crate::metrics::cell_attributes(
+            endpoint.as_deref(),
+            self.credentials.get_client_id(),
+            self.meter_attributes,
+        );
         let source: Box<dyn TokenSource> = match (self.source, &endpoint) {
             (Some(source), _) => source,
             (None, Some(endpoint)) => {

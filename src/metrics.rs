@@ -13,10 +13,22 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use crate::error::Error;
 use crate::token::{AccessToken, BoxFuture, CellStats, TokenCell, TokenSource, WeakCell};
 
-/// What identifies a cell in its metrics: the token endpoint's host and the client id. Never a
-/// secret.
-pub(crate) fn cell_attributes(endpoint: Option<&str>, client_id: Option<&str>) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(2);
+/// Keys the crate sets on a cell's series: the user's attributes may not take them over.
+const OWN_KEYS: [&str; 4] = [
+    "server.address",
+    "koppeltaal.client_id",
+    "outcome",
+    "http.response.status_class",
+];
+
+/// What identifies a cell in its metrics: the token endpoint's host and the client id (never a
+/// secret), then the user's own attributes (without the keys the crate sets).
+pub(crate) fn cell_attributes(
+    endpoint: Option<&str>,
+    client_id: Option<&str>,
+    user: Vec<KeyValue>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(2 + user.len());
     if let Some(host) = endpoint
         .and_then(|endpoint| url::Url::parse(endpoint).ok())
         .and_then(|url| url.host_str().map(str::to_owned))
@@ -26,6 +38,10 @@ pub(crate) fn cell_attributes(endpoint: Option<&str>, client_id: Option<&str>) -
     if let Some(client_id) = client_id {
         attributes.push(KeyValue::new("koppeltaal.client_id", client_id.to_owned()));
     }
+    attributes.extend(
+        user.into_iter()
+            .filter(|attribute| !OWN_KEYS.contains(&attribute.key.as_str())),
+    );
     attributes
 }
 

@@ -332,3 +332,50 @@ async fn a_wait_its_caller_gives_up_still_counts_its_time() {
     assert_eq!(stats.waits, 1);
     assert_eq!(stats.wait_time, Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn cells_sharing_an_endpoint_and_client_id_are_told_apart_by_their_attributes() {
+    use opentelemetry::KeyValue;
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let cell = |domain: &str| {
+        KoppeltaalAuth::builder()
+            .fhir_base_url("https://fhir.example.org/fhir/DEFAULT")
+            .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
+            .meter(provider.meter("koppeltaal-auth-test"))
+            .meter_attributes([
+                KeyValue::new("koppeltaal.domain", domain.to_owned()),
+                // A key of the crate's own is not taken over.
+                KeyValue::new("outcome", "mine"),
+            ])
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (cell("a"), cell("b"));
+    a.token().await.unwrap();
+    b.token().await.unwrap();
+    assert!(b.cell().invalidate(1));
+    b.token().await.unwrap();
+
+    let metrics = collect(&provider, &exporter);
+    let requests = "koppeltaal_auth.token.requests";
+    let ok = ("outcome", "ok");
+    assert_eq!(
+        value(&metrics, requests, &[("koppeltaal.domain", "a"), ok]),
+        1.0
+    );
+    assert_eq!(
+        value(&metrics, requests, &[("koppeltaal.domain", "b"), ok]),
+        2.0
+    );
+    assert_eq!(value(&metrics, requests, &[("outcome", "mine")]), 0.0);
+    let (_, expiry) = &metrics["koppeltaal_auth.token.time_to_expiry"];
+    let domains: Vec<_> = expiry
+        .iter()
+        .map(|p| p.attributes["koppeltaal.domain"].as_str())
+        .collect();
+    assert_eq!(domains.len(), 2, "one series per cell: {domains:?}");
+    assert!(domains.contains(&"a") && domains.contains(&"b"));
+}
