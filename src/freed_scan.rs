@@ -67,11 +67,20 @@ static ALLOCATOR: Scanning = Scanning;
 /// Runs `f` on this thread and returns how many blocks this thread freed meanwhile held one of
 /// `needles` (each non-empty).
 pub(crate) fn freed_blocks_holding(needles: &[&'static [u8]], f: impl FnOnce()) -> usize {
+    /// Stops the scan however `f` ends (a failing assertion unwinds): the pointer to `needles`
+    /// must not outlive the call.
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            SCAN.with(|scan| scan.set(None));
+        }
+    }
     assert!(needles.iter().all(|needle| !needle.is_empty()));
     FOUND.with(|found| found.set(0));
     SCAN.with(|scan| scan.set(Some((needles.as_ptr(), needles.len()))));
+    let stop = Stop;
     f();
-    SCAN.with(|scan| scan.set(None));
+    drop(stop);
     FOUND.with(Cell::get)
 }
 
@@ -82,4 +91,10 @@ fn the_scanner_sees_a_copy_freed_unwiped() {
     });
     assert_eq!(found, 1);
     assert_eq!(freed_blocks_holding(&[b"needle-7c1e"], || {}), 0);
+    // A panic inside ends the scan too.
+    let panicked = std::panic::catch_unwind(|| {
+        freed_blocks_holding(&[b"needle-7c1e"], || panic!("inside the scan (expected)"))
+    });
+    assert!(panicked.is_err());
+    assert!(SCAN.with(Cell::get).is_none());
 }

@@ -15,6 +15,8 @@
 
 use std::fmt::Write as _;
 
+use zeroize::Zeroizing;
+
 /// Longest snippet of server-provided text kept in an error, in characters.
 pub(crate) const SNIPPET_CHARS: usize = 200;
 
@@ -128,16 +130,28 @@ fn flush_run(out: &mut String, run: &mut String, may_go_on: bool) {
 /// `secret`, raw, URL-encoded or JSON-escaped, in any letter case. `Debug` because it escapes:
 /// a secret with a `\\` that a server put into a JSON string unescaped is parsed with one
 /// backslash less, and an error's `Debug` would double it again.
+///
+/// Every copy made here may hold a piece of the secret (or the text a server echoed it in): each
+/// is sized once (so that no growing leaves a copy behind) and wiped when dropped.
 pub(crate) fn holds_piece_of(text: &str, secret: &str) -> bool {
-    let text = text.to_ascii_lowercase();
-    let shown = format!("{text:?}");
-    let chars: Vec<char> = secret.chars().collect();
+    let text = Zeroizing::new(text.to_ascii_lowercase());
+    // `Debug` writes at most `\u{XXXXXX}` (10 bytes) for one byte, and the quotes.
+    let mut shown = Zeroizing::new(String::with_capacity(text.len() * 10 + 2));
+    let _ = write!(shown, "{:?}", text.as_str());
+    let mut chars = Zeroizing::new(Vec::with_capacity(secret.len()));
+    chars.extend(secret.chars());
     chars.windows(SECRET_RUN).any(|window| {
-        let raw: String = window.iter().collect();
-        [raw.clone(), url_encoded(&raw), json_escaped(&raw)]
-            .iter()
-            .map(|form| form.to_ascii_lowercase())
-            .any(|form| text.contains(&form) || shown.contains(&form))
+        let mut raw = Zeroizing::new(String::with_capacity(window.len() * 4));
+        raw.extend(window);
+        let mut forms = [
+            Zeroizing::new(raw.to_ascii_lowercase()),
+            Zeroizing::new(url_encoded(&raw)),
+            Zeroizing::new(json_escaped(&raw)),
+        ];
+        forms.iter_mut().any(|form| {
+            form.make_ascii_lowercase();
+            text.contains(form.as_str()) || shown.contains(form.as_str())
+        })
     })
 }
 
@@ -156,7 +170,8 @@ pub(crate) fn url_encoded(text: &str) -> String {
 
 /// `text` as a JSON string's contents, with `/` escaped too (as many serialisers do).
 pub(crate) fn json_escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
+    // At most six bytes (`\u001f`) for one.
+    let mut out = String::with_capacity(text.len() * 6);
     for c in text.chars() {
         match c {
             '/' => out.push_str("\\/"),
@@ -218,6 +233,30 @@ mod tests {
         body.extend_from_slice(JWT.as_bytes());
         let snippet = sanitize_snippet(&body);
         assert_eq!(snippet, REDACTED);
+    }
+
+    #[test]
+    fn looking_for_a_secret_leaves_no_piece_of_it_in_freed_memory() {
+        const SECRET: &str =
+            "eyjhbgcioijsuzuxmij9.eyjpc3mioijrdc1yzwrhy3qifq.c2lnbmf0dxjllxjlzgfjdc";
+        // A piece as text, and the first piece as the `char`s the search takes apart.
+        let piece: &'static [u8] = &SECRET.as_bytes()[20..36];
+        let chars: &'static [u8] = Box::leak(
+            SECRET
+                .chars()
+                .take(SECRET_RUN)
+                .flat_map(|c| u32::from(c).to_le_bytes())
+                .collect::<Box<[u8]>>(),
+        );
+        let echoed = format!("{{\"error\":\"invalid_client\",\"echo\":\"{SECRET}\"}}");
+        let found = crate::freed_scan::freed_blocks_holding(&[piece, chars], || {
+            assert!(!holds_piece_of(
+                "invalid_client: the assertion was refused",
+                SECRET
+            ));
+            assert!(holds_piece_of(&echoed, SECRET));
+        });
+        assert_eq!(found, 0, "freed blocks held a piece of the secret");
     }
 
     #[test]

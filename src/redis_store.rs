@@ -146,6 +146,20 @@ struct Entry<'a> {
     scope: Option<String>,
 }
 
+/// The stored JSON of `token`, in one buffer sized for the worst case (every character escaped
+/// as `\uXXXX`) so that writing never grows it and leaves a copy behind, wiped when dropped.
+fn encode(token: &StoredToken) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    let entry = Entry {
+        access_token: Cow::Borrowed(token.token()),
+        lifetime_ms: millis(token.lifetime()),
+        scope: token.scope().map(str::to_owned),
+    };
+    let longest = 6 * (token.token().len() + token.scope().map_or(0, str::len)) + 96;
+    let mut json = Zeroizing::new(Vec::with_capacity(longest));
+    serde_json::to_writer(&mut *json, &entry)?;
+    Ok(json)
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -192,18 +206,13 @@ impl TokenStore for RedisKeyStore {
             if ttl == 0 {
                 return Ok(());
             }
-            let entry = Entry {
-                access_token: Cow::Borrowed(token.token()),
-                lifetime_ms: millis(token.lifetime()),
-                scope: token.scope().map(str::to_owned),
-            };
-            let json = Zeroizing::new(serde_json::to_string(&entry).map_err(|err| {
+            let json = encode(token).map_err(|err| {
                 Error::new(ErrorKind::Transport, "cannot encode the token").with_source(err)
-            })?);
+            })?;
             let mut connection = self.manager.clone();
             redis::cmd("SET")
                 .arg(&self.token_key)
-                .arg(json.as_str())
+                .arg(&json[..])
                 .arg("PX")
                 .arg(ttl)
                 .query_async::<()>(&mut connection)
@@ -246,6 +255,26 @@ impl TokenStore for RedisKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_json_round_trips_and_leaves_no_token_in_freed_memory() {
+        // Long enough (a JWT's length) that a growing buffer would be copied after the token.
+        const TOKEN: &str = "eyJhbGciOiJSUzUxMiJ9.eyJzdWIiOiJrdC1yZWRpcy1zdG9yZSIsImV4cCI6MTgwMDAwMDMwMH0.c2lnbmF0dXJl";
+        let token = StoredToken::new(
+            TOKEN,
+            Duration::from_secs(200),
+            Duration::from_secs(300),
+            Some("system/*.cruds \"quoted\"".to_owned()),
+        );
+        let found = crate::freed_scan::freed_blocks_holding(&[TOKEN.as_bytes()], || {
+            let json = encode(&token).unwrap();
+            let entry: Entry<'_> = serde_json::from_slice(&json).unwrap();
+            assert_eq!(entry.access_token, TOKEN);
+            assert_eq!(entry.lifetime_ms, 300_000);
+            assert_eq!(entry.scope.as_deref(), Some("system/*.cruds \"quoted\""));
+        });
+        assert_eq!(found, 0, "freed blocks held the token");
+    }
 
     #[test]
     fn needs_a_runtime_and_a_redis_url() {

@@ -75,6 +75,49 @@ pub(crate) fn json(value: &mut serde_json::Value) {
     }
 }
 
+/// A JSON object whose strings are all wiped when it is dropped, including on every way parsing
+/// can fail part way: a syntax error after some members (serde_json would drop its half-built
+/// map unwiped), bytes after the object, and a key given twice (the first value is wiped as the
+/// second replaces it). A body that is valid JSON but not an object is a data error
+/// (`serde_json::error::Category::Data`).
+pub(crate) struct JsonObject(pub(crate) serde_json::Map<String, serde_json::Value>);
+
+impl Drop for JsonObject {
+    fn drop(&mut self) {
+        self.0.values_mut().for_each(json);
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut members: A,
+            ) -> Result<JsonObject, A::Error> {
+                let mut object = JsonObject(serde_json::Map::new());
+                while let Some(name) = members.next_key::<String>()? {
+                    let value = members.next_value()?;
+                    if let Some(mut replaced) = object.0.insert(name, value) {
+                        json(&mut replaced);
+                    }
+                }
+                Ok(object)
+            }
+        }
+
+        deserializer.deserialize_map(Members)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +203,36 @@ mod tests {
                     drop(token.clone());
                 }
                 drop((parsed, body));
+            }
+        });
+        assert_eq!(found, 0, "freed blocks held the access token");
+    }
+
+    #[test]
+    fn a_broken_token_response_leaves_no_token_in_freed_memory() {
+        const TOKEN: &str = "kt-broken-8e04c2f91a7b5d36";
+        // The server's body, in memory the test wipes itself.
+        let bodies: Vec<Zeroizing<Vec<u8>>> = [
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer",}}"#),
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer"}} trailing"#),
+            format!(r#"{{"access_token":"{TOKEN}","access_token":"other","token_type":"Bearer"}}"#),
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"DPoP"}}"#),
+            format!(r#"{{"access_token":"{TOKEN}","token_type":"Bearer","expires_in":[1,{{"#),
+        ]
+        .into_iter()
+        .map(|body| Zeroizing::new(body.into_bytes()))
+        .collect();
+        let found = crate::freed_scan::freed_blocks_holding(&[TOKEN.as_bytes()], || {
+            for body in &bodies {
+                let parsed = crate::token::parse_token_response(
+                    body,
+                    tokio::time::Instant::now(),
+                    std::time::Duration::from_secs(300),
+                );
+                // A key given twice: the last one counts (as before).
+                if let Ok(token) = &parsed {
+                    assert_eq!(token.as_str(), "other");
+                }
             }
         });
         assert_eq!(found, 0, "freed blocks held the access token");

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::AccessToken;
 use crate::error::{Error, ErrorKind, OAuthError, OAuthErrorCode, sanitize_snippet};
 use crate::redact::sanitize_hiding;
+use crate::wipe::JsonObject;
 
 /// Longest `expires_in` accepted: a year. Anything longer is not a sensible access token.
 const MAX_EXPIRES_IN: u64 = super::MAX_TOKEN_LIFETIME.as_secs();
@@ -31,17 +32,16 @@ pub(crate) fn parse_token_response(
     received_at: Instant,
     default_lifetime: Duration,
 ) -> Result<AccessToken, Error> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| {
-        invalid(if body.trim_ascii_start().starts_with(b"<") {
+    let parsed: JsonObject = serde_json::from_slice(body).map_err(|err| {
+        invalid(if err.classify() == serde_json::error::Category::Data {
+            "the body is not a JSON object"
+        } else if body.trim_ascii_start().starts_with(b"<") {
             "the body is HTML, not JSON"
         } else {
             "the body is not JSON"
         })
     })?;
-    let parsed = Wiped(value);
-    let Value::Object(object) = &parsed.0 else {
-        return Err(invalid("the body is not a JSON object"));
-    };
+    let object = &parsed.0;
     let token = match object.get("access_token") {
         Some(Value::String(token)) => token,
         Some(_) => return Err(invalid("`access_token` is not a string")),
@@ -68,15 +68,6 @@ pub(crate) fn parse_token_response(
         Some(_) => return Err(invalid("`scope` is not a string")),
     };
     Ok(AccessToken::new(token, lifetime, received_at)?.with_scope(scope))
-}
-
-/// A parsed token response, its strings wiped when dropped.
-struct Wiped(Value);
-
-impl Drop for Wiped {
-    fn drop(&mut self) {
-        crate::wipe::json(&mut self.0);
-    }
 }
 
 fn parse_expires_in(value: &Value) -> Result<u64, Error> {
