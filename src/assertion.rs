@@ -194,10 +194,9 @@ impl ClientAssertion {
         let mut header = Header::new(key.algorithm().jwt());
         header.kid = Some(key.kid().to_owned());
         header.typ = Some("JWT".to_owned());
-        crate::key::crypto_backend(jsonwebtoken::crypto::CryptoProvider::try_get_default())?;
-        jsonwebtoken::encode(&header, &claims, key.encoding_key())
-            .map(SignedAssertion)
-            .map_err(|err| Error::new(ErrorKind::Signing, "").with_source(err))
+        let provider =
+            crate::key::crypto_backend(jsonwebtoken::crypto::CryptoProvider::try_get_default())?;
+        crate::jwt::compact_jwt(provider, &header, &claims, key).map(SignedAssertion)
     }
 
     /// Signs an assertion for the current time with a fresh UUIDv4 `jti`. Call it for every
@@ -229,8 +228,7 @@ impl SignedAssertion {
     }
 }
 
-/// Wiped from memory when dropped. (jsonwebtoken builds it from two halves, the signed
-/// header and claims and the signature, which it frees without wiping.)
+/// Wiped from memory when dropped.
 impl Drop for SignedAssertion {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.0);

@@ -78,6 +78,7 @@ mod endpoint;
 mod error;
 mod fetch;
 mod head;
+mod jwt;
 mod key;
 mod key_pem;
 mod keyset;
