@@ -378,4 +378,9 @@ async fn cells_sharing_an_endpoint_and_client_id_are_told_apart_by_their_attribu
         .collect();
     assert_eq!(domains.len(), 2, "one series per cell: {domains:?}");
     assert!(domains.contains(&"a") && domains.contains(&"b"));
+    // The crate sets no `outcome` there, so the user's would show if it were not dropped.
+    assert!(
+        expiry.iter().all(|p| !p.attributes.contains_key("outcome")),
+        "{expiry:?}"
+    );
 }
