@@ -6,76 +6,15 @@
 //! Copies inside AWS-LC live on its own heap (`OPENSSL_free` wipes what it frees) and are not
 //! seen here; jsonwebtoken's copy is wiped on drop, which this test covers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// A global allocator cannot be written without `unsafe`; it only reads the blocks it frees.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[path = "support/freed_memory.rs"]
+mod freed_memory;
+
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use koppeltaal_auth::jwks::JwkSet;
 use koppeltaal_auth::{Algorithm, ClientAssertion, SigningKey};
-
-/// Pieces of the key to look for; set before scanning starts.
-static NEEDLES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-static SCANNING: AtomicBool = AtomicBool::new(false);
-static FOUND: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set while the scanner itself runs, so that it never scans its own lock.
-    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-struct Scanning;
-
-/// Counts `block` if it holds a needle.
-///
-/// # Safety
-///
-/// `ptr` must point to `size` readable bytes.
-unsafe fn scan(ptr: *const u8, size: usize) {
-    if !SCANNING.load(Ordering::Relaxed) || BUSY.with(std::cell::Cell::get) {
-        return;
-    }
-    BUSY.with(|busy| busy.set(true));
-    // SAFETY: the caller's contract; the block is still allocated.
-    let block = unsafe { std::slice::from_raw_parts(ptr, size) };
-    if let Ok(needles) = NEEDLES.try_lock()
-        && needles
-            .iter()
-            .any(|needle| block.windows(needle.len()).any(|w| w == &needle[..]))
-    {
-        FOUND.fetch_add(1, Ordering::SeqCst);
-    }
-    BUSY.with(|busy| busy.set(false));
-}
-
-unsafe impl GlobalAlloc for Scanning {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
-        unsafe { scan(ptr, layout.size()) };
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // A moving realloc frees the old block with its contents.
-        // SAFETY: `ptr` is a live block of `layout.size()` bytes.
-        unsafe { scan(ptr, layout.size()) };
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Scanning = Scanning;
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -109,47 +48,43 @@ fn no_key_bytes_are_left_in_freed_memory_after_load_sign_export_and_drop() {
     // again. (Only as text: aws-lc-rs frees its own raw copy of the signature unwiped, which
     // this crate cannot reach.)
     let signature = signed.rsplit('.').next().unwrap();
-    *NEEDLES.lock().unwrap() = vec![
+    freed_memory::look_for(vec![
         der[400..416].to_vec(),
         der[700..716].to_vec(),
         line.as_bytes()[8..32].to_vec(),
         signed.as_bytes().to_vec(),
         signature.as_bytes()[..32].to_vec(),
-    ];
+    ]);
 
-    SCANNING.store(true, Ordering::SeqCst);
-    let key = SigningKey::from_pem(&pem, "test-rsa").unwrap();
-    let from_file = SigningKey::from_pem_file(
-        fixture("test-only-rsa2048-pkcs8.pem"),
-        Algorithm::RS384,
-        "test-rsa-384",
-    )
-    .unwrap();
-    let pkcs1 = SigningKey::from_pem(
-        std::fs::read_to_string(fixture("test-only-rsa2048-pkcs1.pem")).unwrap(),
-        "pkcs1",
-    )
-    .unwrap();
+    let ((), found) = freed_memory::scanning(|| {
+        let key = SigningKey::from_pem(&pem, "test-rsa").unwrap();
+        let from_file = SigningKey::from_pem_file(
+            fixture("test-only-rsa2048-pkcs8.pem"),
+            Algorithm::RS384,
+            "test-rsa-384",
+        )
+        .unwrap();
+        let pkcs1 = SigningKey::from_pem(
+            std::fs::read_to_string(fixture("test-only-rsa2048-pkcs1.pem")).unwrap(),
+            "pkcs1",
+        )
+        .unwrap();
+        assert_eq!(
+            assertion.sign_at(&key, now, "jti-1").unwrap().as_str(),
+            signed
+        );
+        for key in [&key, &from_file, &pkcs1] {
+            drop(assertion.sign_at(key, now, "jti-1").unwrap());
+            drop(key.to_pkcs8_pem());
+        }
+        drop(JwkSet::from_keys([&key, &from_file]).unwrap());
+        drop((key, from_file, pkcs1));
+    });
     assert_eq!(
-        assertion.sign_at(&key, now, "jti-1").unwrap().as_str(),
-        signed
-    );
-    for key in [&key, &from_file, &pkcs1] {
-        drop(assertion.sign_at(key, now, "jti-1").unwrap());
-        drop(key.to_pkcs8_pem());
-    }
-    drop(JwkSet::from_keys([&key, &from_file]).unwrap());
-    drop((key, from_file, pkcs1));
-    SCANNING.store(false, Ordering::SeqCst);
-
-    assert_eq!(
-        FOUND.load(Ordering::SeqCst),
-        0,
-        "freed blocks held pieces of the private key or a whole assertion"
+        found, 0,
+        "freed blocks held pieces of the private key or of an assertion"
     );
     // The scanner does see a copy that is freed without being wiped.
-    SCANNING.store(true, Ordering::SeqCst);
-    drop(der);
-    SCANNING.store(false, Ordering::SeqCst);
-    assert!(FOUND.load(Ordering::SeqCst) > 0, "the scanner works");
+    let ((), found) = freed_memory::scanning(|| drop(der));
+    assert!(found > 0, "the scanner works");
 }

@@ -6,13 +6,13 @@
 //! by the unit tests of `src/wipe.rs`; copies made by hyper, reqwest or rustls are outside this
 //! crate (see the module comment there).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// A global allocator cannot be written without `unsafe`; it only reads the blocks it frees.
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "support/freed_memory.rs"]
+mod freed_memory;
+
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,60 +27,6 @@ use koppeltaal_auth::{
 };
 use tower::{Layer, ServiceExt};
 use zeroize::Zeroizing;
-
-/// The tokens to look for; set once before scanning starts and never freed.
-static NEEDLES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-static SCANNING: AtomicBool = AtomicBool::new(false);
-static FOUND: AtomicUsize = AtomicUsize::new(0);
-
-struct Scanning;
-
-/// Counts `block` if it holds a token.
-///
-/// # Safety
-///
-/// `ptr` must point to `size` readable bytes.
-unsafe fn scan(ptr: *const u8, size: usize) {
-    if !SCANNING.load(Ordering::Relaxed) {
-        return;
-    }
-    let Some(needles) = NEEDLES.get() else {
-        return;
-    };
-    // SAFETY: the caller's contract; the block is still allocated.
-    let block = unsafe { std::slice::from_raw_parts(ptr, size) };
-    if needles
-        .iter()
-        .any(|needle| block.windows(needle.len()).any(|w| w == &needle[..]))
-    {
-        FOUND.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-unsafe impl GlobalAlloc for Scanning {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
-        unsafe { scan(ptr, layout.size()) };
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // A moving realloc frees the old block with its contents.
-        // SAFETY: `ptr` is a live block of `layout.size()` bytes.
-        unsafe { scan(ptr, layout.size()) };
-        // SAFETY: forwarding the caller's contract to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Scanning = Scanning;
 
 /// Hands out the prepared tokens in turn (the test's own copies, wiped when the test is done).
 struct Tokens {
@@ -110,93 +56,86 @@ fn no_access_token_is_left_in_freed_memory_after_use_renewal_and_drop() {
             .map(|n| Zeroizing::new(format!("kt-memory-{n}-9f2c41d07be35a68e1")))
             .collect(),
     );
-    NEEDLES
-        .set(
-            tokens
-                .iter()
-                .map(|token| token.as_bytes().to_vec())
-                .collect(),
-        )
-        .unwrap();
+    freed_memory::look_for(
+        tokens
+            .iter()
+            .map(|token| token.as_bytes().to_vec())
+            .collect(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
 
-    SCANNING.store(true, Ordering::SeqCst);
     let first = Arc::clone(&tokens);
-    runtime.block_on(async move {
-        let store = MemoryTokenStore::new();
-        let cell = TokenCell::with_store(
-            Tokens {
-                tokens: Arc::clone(&first),
-                next: AtomicUsize::new(0),
-            },
-            RefreshPolicy::default(),
-            store.clone(),
-            StorePolicy::default(),
-        );
-        // The FHIR server rejects the first token once seen: a renewal and replays.
-        let mut rejected = Zeroizing::new(String::with_capacity(7 + first[0].len()));
-        rejected.push_str("Bearer ");
-        rejected.push_str(&first[0]);
-        let fhir = tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let status = match request.headers().get(AUTHORIZATION) {
-                Some(value) if value.as_bytes() == rejected.as_bytes() => StatusCode::UNAUTHORIZED,
-                Some(_) => StatusCode::OK,
-                None => StatusCode::BAD_REQUEST,
-            };
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = status;
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let service = KoppeltaalAuthLayer::new(cell.clone(), FHIR_BASE)
-            .unwrap()
-            .layer(fhir);
-        let send_all = |rounds: usize| {
-            let tasks: Vec<_> = (0..16)
-                .map(|_| {
-                    let service = service.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..rounds {
-                            let request = Request::get(format!("{FHIR_BASE}/Patient/1"))
-                                .body(Full::new(Bytes::from_static(b"")))
-                                .unwrap();
-                            let response = service.clone().oneshot(request).await.unwrap();
-                            assert_eq!(response.status(), StatusCode::OK);
-                            tokio::task::yield_now().await;
-                        }
+    let ((), found) = freed_memory::scanning(|| {
+        runtime.block_on(async move {
+            let store = MemoryTokenStore::new();
+            let cell = TokenCell::with_store(
+                Tokens {
+                    tokens: Arc::clone(&first),
+                    next: AtomicUsize::new(0),
+                },
+                RefreshPolicy::default(),
+                store.clone(),
+                StorePolicy::default(),
+            );
+            // The FHIR server rejects the first token once seen: a renewal and replays.
+            let mut rejected = Zeroizing::new(String::with_capacity(7 + first[0].len()));
+            rejected.push_str("Bearer ");
+            rejected.push_str(&first[0]);
+            let fhir = tower::service_fn(move |request: Request<Full<Bytes>>| {
+                let status = match request.headers().get(AUTHORIZATION) {
+                    Some(value) if value.as_bytes() == rejected.as_bytes() => {
+                        StatusCode::UNAUTHORIZED
+                    }
+                    Some(_) => StatusCode::OK,
+                    None => StatusCode::BAD_REQUEST,
+                };
+                let mut response = Response::new(Full::new(Bytes::new()));
+                *response.status_mut() = status;
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let service = KoppeltaalAuthLayer::new(cell.clone(), FHIR_BASE)
+                .unwrap()
+                .layer(fhir);
+            let send_all = |rounds: usize| {
+                let tasks: Vec<_> = (0..16)
+                    .map(|_| {
+                        let service = service.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..rounds {
+                                let request = Request::get(format!("{FHIR_BASE}/Patient/1"))
+                                    .body(Full::new(Bytes::from_static(b"")))
+                                    .unwrap();
+                                let response = service.clone().oneshot(request).await.unwrap();
+                                assert_eq!(response.status(), StatusCode::OK);
+                                tokio::task::yield_now().await;
+                            }
+                        })
                     })
-                })
-                .collect();
-            async move {
-                for task in tasks {
-                    task.await.unwrap();
+                    .collect();
+                async move {
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
                 }
-            }
-        };
-        send_all(20).await;
-        assert_eq!(cell.stats().generation, 2, "the first token was renewed");
-        // Replaced once more, as the server rejecting it would.
-        assert!(cell.invalidate(2));
-        send_all(20).await;
-        assert_eq!(cell.stats().generation, 3);
-        assert!(store.saves() >= 3, "every token went through the store");
-        drop((service, cell, store));
+            };
+            send_all(20).await;
+            assert_eq!(cell.stats().generation, 2, "the first token was renewed");
+            // Replaced once more, as the server rejecting it would.
+            assert!(cell.invalidate(2));
+            send_all(20).await;
+            assert_eq!(cell.stats().generation, 3);
+            assert!(store.saves() >= 3, "every token went through the store");
+            drop((service, cell, store));
+        });
+        drop(runtime);
     });
-    drop(runtime);
-    SCANNING.store(false, Ordering::SeqCst);
-
-    assert_eq!(
-        FOUND.load(Ordering::SeqCst),
-        0,
-        "freed blocks held an access token"
-    );
+    assert_eq!(found, 0, "freed blocks held an access token");
     // The scanner does see a copy that is freed without being wiped.
     let copy = tokens[1].as_str().to_owned();
-    SCANNING.store(true, Ordering::SeqCst);
-    drop(copy);
-    SCANNING.store(false, Ordering::SeqCst);
-    assert!(FOUND.load(Ordering::SeqCst) > 0, "the scanner works");
+    let ((), found) = freed_memory::scanning(|| drop(copy));
+    assert!(found > 0, "the scanner works");
 }
