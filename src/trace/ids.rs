@@ -1,6 +1,8 @@
 //! [`TraceIds`], the three ids of one request, and [`ResponseTrace`], what a response was sent
 //! with and answered with.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use http::{HeaderMap, HeaderName};
 use serde_json::{Value, json};
 
@@ -211,11 +213,17 @@ impl ResponseTrace {
 
 /// Puts the trace headers on an outgoing FHIR request: a new `X-Request-Id`, and the context's
 /// trace and correlation ids, each unless the caller set that header itself. Returns the ids
-/// the request is sent with.
-pub(crate) fn stamp(headers: &mut HeaderMap, context: Option<&TraceContext>) -> TraceIds {
-    let request_id = own_or(headers, X_REQUEST_ID, || Some(FhirId::new_uuid()));
-    let trace_id = own_or(headers, X_TRACE_ID, || context?.trace_id().cloned());
-    let correlation_id = own_or(headers, X_CORRELATION_ID, || {
+/// the request is sent with. `warned` is the layer's: set once the layer has warned about a
+/// caller's value that is not a FHIR id (later ones are logged at debug level, so a caller that
+/// always sends one does not log a warning per request).
+pub(crate) fn stamp(
+    headers: &mut HeaderMap,
+    context: Option<&TraceContext>,
+    warned: &AtomicBool,
+) -> TraceIds {
+    let request_id = own_or(headers, X_REQUEST_ID, warned, || Some(FhirId::new_uuid()));
+    let trace_id = own_or(headers, X_TRACE_ID, warned, || context?.trace_id().cloned());
+    let correlation_id = own_or(headers, X_CORRELATION_ID, warned, || {
         context?.correlation_id().cloned()
     });
     TraceIds {
@@ -225,11 +233,12 @@ pub(crate) fn stamp(headers: &mut HeaderMap, context: Option<&TraceContext>) -> 
     }
 }
 
-/// The caller's own value of `name` (as an id, if it is one: else with a warning), else `ours`,
-/// inserted.
+/// The caller's own value of `name` (as an id, if it is one: else logged, see [`stamp`]), else
+/// `ours`, inserted.
 fn own_or(
     headers: &mut HeaderMap,
     name: HeaderName,
+    warned: &AtomicBool,
     ours: impl FnOnce() -> Option<FhirId>,
 ) -> Option<FhirId> {
     // (A full header map gets no id: no panic.)
@@ -238,11 +247,21 @@ fn own_or(
         // it cannot go into an AuditEvent, and is not reported as sent.
         http::header::Entry::Occupied(own) => FhirId::from_header(own.get())
             .inspect_err(|error| {
-                tracing::warn!(
-                    header = %own.key(),
-                    %error,
-                    "trace header sent as the caller set it, but it is not a FHIR id"
-                );
+                // Read first: the flag's cache line is written once, not by every request.
+                if !warned.load(Ordering::Relaxed) && !warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        header = %own.key(),
+                        %error,
+                        "trace header sent as the caller set it, but it is not a FHIR id \
+                         (this layer logs further ones at debug level)"
+                    );
+                } else {
+                    tracing::debug!(
+                        header = %own.key(),
+                        %error,
+                        "trace header sent as the caller set it, but it is not a FHIR id"
+                    );
+                }
             })
             .ok(),
         http::header::Entry::Vacant(entry) => {

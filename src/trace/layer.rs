@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -25,7 +26,8 @@ use crate::scope::FhirScope;
 /// FHIR request carries a [`ResponseTrace`] extension.
 ///
 /// A header the caller set is sent as it is, even when it is not a valid FHIR `id` (then
-/// [`ResponseTrace::sent`] leaves it out); and a caller's own `X-Request-Id` is part of the
+/// [`ResponseTrace::sent`] leaves it out, and the layer logs a warning the first time, at debug
+/// level after that: one warning per layer and its clones, not one per request); and a caller's own `X-Request-Id` is part of the
 /// request the auth layer replays after a `401`, so the replay repeats it: leave `X-Request-Id`
 /// to the layer. The scope's context is read when the request reaches this layer: a layer
 /// between the scope and this one that moves calls to another task (tower's `Buffer`) loses it;
@@ -56,7 +58,15 @@ use crate::scope::FhirScope;
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct KoppeltaalTraceLayer {
-    pub(crate) scope: Arc<FhirScope>,
+    pub(crate) shared: Arc<TraceShared>,
+}
+
+/// What a trace layer, its clones, its services and its middleware share.
+#[derive(Debug)]
+pub(crate) struct TraceShared {
+    pub(crate) scope: FhirScope,
+    /// Set once a caller's value that is not a FHIR id has been warned about.
+    pub(crate) warned: AtomicBool,
 }
 
 impl KoppeltaalTraceLayer {
@@ -75,7 +85,10 @@ impl KoppeltaalTraceLayer {
 
     pub(crate) fn from_scope(scope: FhirScope) -> Self {
         Self {
-            scope: Arc::new(scope),
+            shared: Arc::new(TraceShared {
+                scope,
+                warned: AtomicBool::new(false),
+            }),
         }
     }
 }
@@ -94,7 +107,7 @@ impl<S> Layer<S> for KoppeltaalTraceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         KoppeltaalTrace {
             inner,
-            scope: Arc::clone(&self.scope),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -104,7 +117,7 @@ impl<S> Layer<S> for KoppeltaalTraceLayer {
 #[derive(Clone)]
 pub struct KoppeltaalTrace<S> {
     inner: S,
-    scope: Arc<FhirScope>,
+    shared: Arc<TraceShared>,
 }
 
 impl<S> KoppeltaalTrace<S> {
@@ -122,7 +135,7 @@ impl<S> KoppeltaalTrace<S> {
 impl<S> fmt::Debug for KoppeltaalTrace<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KoppeltaalTrace")
-            .field("scope", &self.scope)
+            .field("scope", &self.shared.scope)
             .finish_non_exhaustive()
     }
 }
@@ -140,14 +153,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if !self.scope.matches_uri(request.uri()) {
+        if !self.shared.scope.matches_uri(request.uri()) {
             return TraceFuture {
                 inner: self.inner.call(request),
                 sent: None,
             };
         }
         let context = TraceContext::effective(request.extensions().get());
-        let sent = stamp(request.headers_mut(), context.as_ref());
+        let sent = stamp(request.headers_mut(), context.as_ref(), &self.shared.warned);
         TraceFuture {
             inner: self.inner.call(request),
             sent: Some(sent),

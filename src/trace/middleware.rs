@@ -6,8 +6,8 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use super::ids::stamp;
+use super::layer::TraceShared;
 use super::{KoppeltaalTraceLayer, ResponseTrace, TraceContext};
-use crate::scope::FhirScope;
 
 /// [`reqwest_middleware::Middleware`] that puts Koppeltaal's trace headers on requests to the
 /// FHIR base (feature `reqwest-middleware`); the same rules as [`KoppeltaalTraceLayer`]. A
@@ -30,13 +30,13 @@ use crate::scope::FhirScope;
 /// ```
 #[derive(Clone, Debug)]
 pub struct KoppeltaalTraceMiddleware {
-    scope: Arc<FhirScope>,
+    shared: Arc<TraceShared>,
 }
 
 impl From<&KoppeltaalTraceLayer> for KoppeltaalTraceMiddleware {
     fn from(layer: &KoppeltaalTraceLayer) -> Self {
         Self {
-            scope: Arc::clone(&layer.scope),
+            shared: Arc::clone(&layer.shared),
         }
     }
 }
@@ -58,11 +58,11 @@ impl Middleware for KoppeltaalTraceMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        if !self.scope.matches_url(request.url()) {
+        if !self.shared.scope.matches_url(request.url()) {
             return next.run(request, extensions).await;
         }
         let context = TraceContext::effective(extensions.get());
-        let sent = stamp(request.headers_mut(), context.as_ref());
+        let sent = stamp(request.headers_mut(), context.as_ref(), &self.shared.warned);
         let mut response = next.run(request, extensions).await?;
         let trace = ResponseTrace::new(sent, response.headers());
         response.extensions_mut().insert(trace);
