@@ -141,15 +141,18 @@ fn no_refresher_is_started_request_after_request() {
     serve_a_thousand_requests(&source, &cell);
 }
 
-/// A token past its refresh point (from the start: the whole lifetime is refresh-ahead) starts
-/// no attempt on a runtime without timers: it would panic at its timeout.
+/// A token past its refresh point (from the start: it arrived half a lifetime old) starts no
+/// attempt on a runtime without timers: it would panic at its timeout.
 #[test]
 fn no_refresh_is_started_request_after_request() {
     count_timer_panics();
-    let policy = RefreshPolicy::default()
-        .refresh_ahead(Duration::from_secs(3_600), 1.0, 1.0)
-        .background_refresh(false);
-    let (source, cell) = cell_with_a_token(policy);
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(60));
+    source.push_stale_token(Duration::from_secs(60), Duration::from_secs(30));
+    let cell = TokenCell::new(
+        source.clone(),
+        RefreshPolicy::default().background_refresh(false),
+    );
+    with_timers().block_on(cell.ready()).unwrap();
     serve_a_thousand_requests(&source, &cell);
 }
 

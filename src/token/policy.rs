@@ -22,6 +22,10 @@ pub const DEFAULT_REFRESH_JITTER_FRACTION: f64 = 0.1;
 pub const DEFAULT_EXPIRY_MARGIN_MAX: Duration = Duration::from_secs(10);
 /// ...or its last 10% of lifetime, whichever is shorter, so that short tokens stay usable.
 pub const DEFAULT_EXPIRY_MARGIN_FRACTION: f64 = 0.1;
+/// Largest share of a token's lifetime refreshed ahead, whatever the policy says (90%): a token
+/// is always used for at least a tenth of its lifetime before it is refreshed, so that no setting
+/// of [`RefreshPolicy::refresh_ahead`] and [`RefreshPolicy::refresh_jitter`] refreshes in a loop.
+pub const MAX_REFRESH_AHEAD_SHARE: f64 = 0.9;
 /// Default first backoff after a failed token request.
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Default longest backoff; permanent errors are retried at this pace.
@@ -124,7 +128,10 @@ impl RefreshPolicy {
     /// Sets the refresh-ahead window: refresh once less than
     /// `min(max(min, fraction × lifetime), max_fraction × lifetime)` remains. Defaults to 30 s,
     /// 0.2 and 0.5: a 300 s token is refreshed 60 s early (plus jitter), a 5 s token at 2.5 s.
-    /// Fractions are clamped to `0.0..=1.0`, `min` to [`MAX_TOKEN_LIFETIME`].
+    /// Fractions are clamped to `0.0..=1.0`, `min` to [`MAX_TOKEN_LIFETIME`]. With the jitter
+    /// (see [`refresh_jitter`](Self::refresh_jitter)) at most [`MAX_REFRESH_AHEAD_SHARE`] (90%)
+    /// of the lifetime is refreshed ahead; and a token that the FHIR server does not take yet
+    /// (its clock is behind) is not refreshed before it does.
     pub fn refresh_ahead(
         mut self,
         min: Duration,
@@ -216,14 +223,17 @@ impl RefreshPolicy {
     }
 
     /// How long before expiry a token of `lifetime` is refreshed, for a jitter draw `random` in
-    /// `0.0..1.0`. Never more than the whole lifetime.
+    /// `0.0..1.0`. Never more than [`MAX_REFRESH_AHEAD_SHARE`] of the lifetime: a token is used
+    /// for at least a tenth of its lifetime before it is refreshed, so that no setting makes
+    /// the cell refresh in a loop (a refresh point at arrival would start the next refresh as
+    /// soon as one succeeds).
     pub(crate) fn refresh_ahead_for(&self, lifetime: Duration, random: f64) -> Duration {
         let window = self
             .refresh_ahead_min
             .max(lifetime.mul_f64(self.refresh_ahead_fraction))
             .min(lifetime.mul_f64(self.refresh_ahead_max_fraction));
         let jitter = lifetime.mul_f64(self.jitter_fraction * fraction(random));
-        (window + jitter).min(lifetime)
+        (window + jitter).min(lifetime.mul_f64(MAX_REFRESH_AHEAD_SHARE))
     }
 
     /// How long to wait before attempt `failures + 1`, after `failures` (>= 1) failed attempts
@@ -324,6 +334,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn no_setting_refreshes_a_token_in_its_first_tenth() {
+        // The whole lifetime refresh-ahead, and the largest jitter on top.
+        let p = RefreshPolicy::default()
+            .refresh_ahead(MAX_TOKEN_LIFETIME, 1.0, 1.0)
+            .refresh_jitter(1.0);
+        for lifetime in [secs(1), secs(60), secs(300), MAX_TOKEN_LIFETIME] {
+            for random in [0.0, 0.5, 0.999] {
+                assert_eq!(
+                    p.refresh_ahead_for(lifetime, random),
+                    lifetime.mul_f64(MAX_REFRESH_AHEAD_SHARE),
+                    "{lifetime:?}"
+                );
+            }
+        }
+        assert_eq!(
+            RefreshPolicy::default()
+                .refresh_jitter(1.0)
+                .refresh_ahead_for(secs(300), 0.999),
+            secs(270)
+        );
     }
 
     #[test]

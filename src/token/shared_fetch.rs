@@ -80,13 +80,34 @@ pub(crate) fn stored(token: &AccessToken) -> StoredToken {
 /// time left that the store measured, counted from then (so the store's round trip only shortens
 /// it), and the lifetime it was issued with, so that every instance computes the same refresh
 /// point.
+///
+/// Where the clock cannot go back that far (on Windows an `Instant` cannot precede the boot),
+/// the token counts as received at `asked_at` with the time left as its lifetime: its expiry
+/// stays right, only its refresh point moves (computed from the shorter lifetime).
 fn adopt(stored: &StoredToken, asked_at: Instant) -> Result<AccessToken, Error> {
     let remaining = stored.expires_in();
     let lifetime = stored.lifetime().max(remaining);
-    let received_at = asked_at
-        .checked_sub(lifetime - remaining)
-        .unwrap_or(asked_at);
+    let (lifetime, received_at) = received(
+        lifetime,
+        remaining,
+        asked_at,
+        asked_at.checked_sub(lifetime - remaining),
+    );
     Ok(AccessToken::new(stored.token(), lifetime, received_at)?.with_scope(stored.scope()))
+}
+
+/// The lifetime and arrival of a token with `remaining` of `lifetime` left at `asked_at`, given
+/// the instant `lifetime - remaining` before it (`None` where the clock cannot go back so far).
+fn received(
+    lifetime: Duration,
+    remaining: Duration,
+    asked_at: Instant,
+    backdated: Option<Instant>,
+) -> (Duration, Instant) {
+    match backdated {
+        Some(received_at) => (lifetime, received_at),
+        None => (remaining, asked_at),
+    }
 }
 
 impl Context<'_> {
@@ -179,5 +200,29 @@ impl Context<'_> {
                 Err(()) => return (self.source.fetch().await, Via::Fallback),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adopted_token_expires_when_the_store_says_even_where_the_clock_cannot_go_back() {
+        let asked_at = Instant::now();
+        let (lifetime, remaining) = (Duration::from_secs(3_600), Duration::from_secs(900));
+        for backdated in [asked_at.checked_sub(lifetime - remaining), None] {
+            let (lifetime, received_at) = received(lifetime, remaining, asked_at, backdated);
+            assert_eq!(
+                received_at + lifetime,
+                asked_at + remaining,
+                "{backdated:?}"
+            );
+        }
+        // Through `adopt`: the stored token's time left, counted from the look.
+        let stored = StoredToken::new("shared", remaining, lifetime, None);
+        let token = adopt(&stored, asked_at).unwrap();
+        assert_eq!(token.expires_at(), asked_at + remaining);
+        assert_eq!(token.lifetime(), lifetime);
     }
 }

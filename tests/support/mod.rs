@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cell;
+pub mod fhir_servers;
 pub mod layer;
 pub mod runtimes;
 pub mod trace;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::fhir_clock::MAX_FHIR_LAG;
-use super::flight::{Ending, Outcome, Sched};
+use super::flight::{Ending, Outcome};
+use super::sched::Sched;
 use super::{CachedToken, Shared, TokenHeader};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
@@ -151,17 +152,9 @@ impl Shared {
                 format!("the token (lifetime {lifetime:?}) expired before it could be used"),
             ));
         }
-        let ahead = self.policy.refresh_ahead_for(lifetime, random_fraction());
-        let refresh_at = expires_at.checked_sub(ahead).unwrap_or(received_at);
         // Share the header bytes now, so that clones on the fast path never allocate.
         drop(token.header_value().clone());
         sched.generation = sched.generation.saturating_add(1);
-        tracing::debug!(
-            generation = sched.generation,
-            lifetime_s = lifetime.as_secs_f64(),
-            refresh_in_s = refresh_at.saturating_duration_since(now).as_secs_f64(),
-            "new token"
-        );
         let previous = self
             .current
             .load()
@@ -169,6 +162,19 @@ impl Shared {
             .and_then(|current| current.previous_for_successor(now));
         let valid_from = self.valid_from(sched, &token, now, usable_until, previous.is_some());
         let previous = previous.filter(|_| valid_from > now);
+        let ahead = self.policy.refresh_ahead_for(lifetime, random_fraction());
+        // Not before the FHIR server takes the token: a refresh is "done" until then (see
+        // `ready_at`), so an earlier refresh point would be due, and do nothing, over and over.
+        let refresh_at = expires_at
+            .checked_sub(ahead)
+            .unwrap_or(received_at)
+            .max(valid_from);
+        tracing::debug!(
+            generation = sched.generation,
+            lifetime_s = lifetime.as_secs_f64(),
+            refresh_in_s = refresh_at.saturating_duration_since(now).as_secs_f64(),
+            "new token"
+        );
         let local = TokenHeader {
             value: token.header_value().clone(),
             generation: sched.generation,

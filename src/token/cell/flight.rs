@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::attempt::supervised;
-use super::fhir_clock::FhirClock;
 use super::runtime::Unusable;
+use super::sched::Sched;
 use super::{Shared, Usable};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
@@ -36,57 +36,12 @@ const STALLED_AFTER: Duration = Duration::from_secs(3);
 /// installed, or the flight ended without one and the backoff applies).
 pub(super) type Outcome = Result<(), Error>;
 
-/// The refresh schedule, under the cell's lock.
-#[derive(Default)]
-pub(super) struct Sched {
-    flight: Option<Flight>,
-    flights: u64,
-    pub(super) failures: u32,
-    /// When the first of the current run of failures happened; `None` after a success.
-    pub(super) failing_since: Option<Instant>,
-    pub(super) not_before: Option<Instant>,
-    /// The last attempt's error, handed to callers during the backoff. `None` after a success,
-    /// and after an attempt that was cut off (callers then wait out the backoff instead).
-    pub(super) last_error: Option<Error>,
-    pub(super) young_rejections: u32,
-    pub(super) generation: u64,
-    /// SHA-256 of the token the server last rejected, so that it is never taken back from a
-    /// shared store.
-    pub(super) rejected: Option<[u8; 32]>,
-    /// The last reading of the FHIR server's clock.
-    pub(super) fhir_clock: Option<FhirClock>,
-    /// The generation whose `401`s wait for the FHIR server's clock, and until when.
-    pub(super) clock_wait: Option<(u64, Instant)>,
-    /// Whether a FHIR clock too far behind to work around was reported.
-    pub(super) lag_reported: bool,
-}
-
-impl Sched {
-    pub(super) fn in_flight(&self) -> bool {
-        self.flight.is_some()
-    }
-
-    /// Whether any attempt was ever started.
-    pub(super) fn has_flown(&self) -> bool {
-        self.flights > 0
-    }
-
-    /// When the flight in the air started.
-    pub(super) fn flight_started(&self) -> Option<Instant> {
-        self.flight.as_ref().map(|flight| flight.started)
-    }
-
-    pub(super) fn clear_flight(&mut self) {
-        self.flight = None;
-    }
-}
-
 /// A flight as the schedule and its waiters see it.
 #[derive(Clone)]
 pub(super) struct Flight {
     id: u64,
     outcome: watch::Receiver<Option<Outcome>>,
-    started: Instant,
+    pub(super) started: Instant,
     /// When the flight last showed its task is being run (nanoseconds after the cell's epoch).
     heartbeat: Arc<AtomicU64>,
 }
@@ -137,7 +92,7 @@ impl Flight {
     }
 
     /// When the flight counts as not being run any more, unless its heartbeat moves on.
-    fn stalls_at(&self, shared: &Shared) -> Instant {
+    pub(super) fn stalls_at(&self, shared: &Shared) -> Instant {
         let overdue = later(
             later(self.started, shared.policy.attempt_timeout),
             STALLED_AFTER,
@@ -177,16 +132,10 @@ impl Shared {
             Some(at) => return Kick::Pending(at),
             None => {}
         }
-        if let Some(flight) = &sched.flight {
-            if now < flight.stalls_at(self) {
-                return Kick::Running(flight.clone());
-            }
-            tracing::warn!(
-                running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
-                "the token refresh in flight is not being run (its runtime is idle, blocked or \
-                 gone, or the source hangs): giving up on it"
-            );
-            let _ = self.end_flight(&mut sched, now, Ending::CutOff);
+        if let Some(flight) = self.running_flight(&mut sched, now).cloned() {
+            // The fast path's next look is when the flight may have stalled.
+            self.set_quiet(&sched);
+            return Kick::Running(flight);
         }
         if let Some(until) = sched.not_before.filter(|until| now < *until) {
             return Kick::Quiet {
@@ -222,6 +171,26 @@ impl Shared {
         Kick::Running(flight)
     }
 
+    /// The flight in the air, unless it has stopped running (its heartbeat stopped: its runtime
+    /// is idle, blocked or gone; or it outlived the attempt timeout): then it is given up on,
+    /// as an attempt without a result (the backoff applies), and there is none.
+    pub(super) fn running_flight<'s>(
+        &self,
+        sched: &'s mut Sched,
+        now: Instant,
+    ) -> Option<&'s Flight> {
+        let flight = sched.flight.as_ref()?;
+        if now >= flight.stalls_at(self) {
+            tracing::warn!(
+                running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
+                "the token refresh in flight is not being run (its runtime is idle, blocked or \
+                 gone, or the source hangs): giving up on it"
+            );
+            let _ = self.end_flight(sched, now, Ending::CutOff);
+        }
+        sched.flight.as_ref()
+    }
+
     /// Starts a refresh from a synchronous caller if none runs and no backoff holds it back.
     pub(super) fn refresh_soon(self: &Arc<Self>, now: Instant, reason: Reason) {
         if self.nanos(now) < self.quiet_until.load(Ordering::Acquire) {
@@ -254,14 +223,18 @@ impl Shared {
                 format!("no token within {:?}{why}", self.policy.wait_timeout),
             )
         };
+        // The first look always kicks, so that even a zero wait timeout starts the refresh that
+        // serves the callers after it.
+        let mut kicked = false;
         loop {
             let now = Instant::now();
             if let Some(usable) = self.usable(now, after) {
                 return Ok(usable);
             }
-            if now >= deadline {
+            if kicked && now >= deadline {
                 return Err(timed_out(""));
             }
+            kicked = true;
             match self.kick(now, Reason::Empty, after) {
                 Kick::Ready => {}
                 Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
@@ -303,11 +276,14 @@ impl Shared {
         }
     }
 
+    /// Until when the fast path starts no refresh: while a flight runs, until it may have
+    /// stalled (so that one that stops running is given up on, and the refresh started again,
+    /// by the next request past the refresh point, not only by a caller without a token); else
+    /// until the backoff ends.
     pub(super) fn set_quiet(&self, sched: &Sched) {
-        let until = if sched.flight.is_some() {
-            u64::MAX
-        } else {
-            sched.not_before.map_or(0, |at| self.nanos(at))
+        let until = match &sched.flight {
+            Some(flight) => self.nanos(flight.stalls_at(self)),
+            None => sched.not_before.map_or(0, |at| self.nanos(at)),
         };
         self.quiet_until.store(until, Ordering::Release);
     }
@@ -390,7 +366,7 @@ async fn run(mut guard: FlightGuard, reason: Reason) {
 /// Adds the time from `started` to `total` (nanoseconds) when dropped.
 struct WaitClock<'a> {
     total: &'a AtomicU64,
-    started: Instant,
+    pub(super) started: Instant,
 }
 
 impl Drop for WaitClock<'_> {

@@ -30,6 +30,7 @@ mod health;
 mod refresher;
 mod rejection;
 mod runtime;
+mod sched;
 mod slots;
 
 use std::fmt;
@@ -41,12 +42,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use self::cached::{CachedToken, Usable};
-use self::flight::{Reason, Sched};
+use self::flight::Reason;
 pub(crate) use self::header::CellLink;
 use self::header::Counters;
 pub use self::header::{CellStats, TokenHeader};
 pub use self::health::Health;
 pub(crate) use self::rejection::{Rejection, RetryPlan};
+use self::sched::Sched;
 use super::policy::RefreshPolicy;
 use super::{AccessToken, TokenSource};
 use crate::error::Error;

@@ -85,9 +85,11 @@ impl Shared {
 
     /// When the refresher should act next: `None` to sleep until woken.
     fn refresher_due(&self, now: Instant) -> Option<(Instant, Reason)> {
-        let sched = self.lock();
-        if sched.in_flight() {
-            return None;
+        let mut sched = self.lock();
+        if let Some(flight) = self.running_flight(&mut sched, now) {
+            // Look again when it may have stalled: one that stops running (on an idle runtime,
+            // say) is given up on then, and the refresh started here.
+            return Some((flight.stalls_at(self), Reason::Proactive));
         }
         let due = match self.current.load().as_ref() {
             Some(cached) => (cached.refresh_at, Reason::Proactive),
@@ -110,7 +112,8 @@ impl Shared {
 /// The refresher's task: sleeps until the refresh point, starts the refresh, repeats.
 async fn refresher(guard: RefresherGuard, wake: Arc<Notify>) {
     tracing::trace!("background refresher started");
-    // The instant of the last refresh this task started, to never start two at one instant.
+    // The instant of the last refresh this task started: never another within `MIN_BACKOFF`,
+    // so that no schedule, setting or clock can make this loop spin.
     let mut kicked_at: Option<Instant> = None;
     loop {
         let due = {
@@ -119,16 +122,15 @@ async fn refresher(guard: RefresherGuard, wake: Arc<Notify>) {
             };
             let now = Instant::now();
             match shared.refresher_due(now) {
-                Some((at, reason)) if at <= now => {
-                    if kicked_at == Some(now) {
-                        // Due again at once, with nothing changed: never loop without waiting.
-                        Some(later(now, MIN_BACKOFF))
-                    } else {
+                Some((at, reason)) if at <= now => match kicked_at {
+                    // Due again right after a kick: never loop without waiting.
+                    Some(last) if now < later(last, MIN_BACKOFF) => Some(later(last, MIN_BACKOFF)),
+                    _ => {
                         kicked_at = Some(now);
                         let _ = shared.kick(now, reason, 0);
                         continue;
                     }
-                }
+                },
                 due => due.map(|(at, _)| at),
             }
         };

@@ -136,11 +136,15 @@ impl RetryPlan {
         if let Rejection::NotYetValid { until } = verdict
             && !self.waited
             && cell.shared.runtimes.usable().is_ok()
-            && let Some(token) = cell.header_of(self.generation)
+            && cell.header_of(self.generation).is_some()
         {
             self.waited = true;
             tokio::time::sleep_until(until).await;
-            return Ok(Some(token));
+            // Looked up again after the wait: the token may have reached its usable-until
+            // instant meanwhile, or been rejected by another request; then it is renewed.
+            if let Some(token) = cell.header_of(self.generation) {
+                return Ok(Some(token));
+            }
         }
         if std::mem::replace(&mut self.renewed, true) {
             return Ok(None);
@@ -201,7 +205,12 @@ impl Shared {
         }) else {
             return false;
         };
-        let age = now.saturating_duration_since(cached.token.received_at());
+        // The age of the token the server refused (not its successor's, which is dropped too).
+        let refused = match &cached.previous {
+            Some(previous) if previous.generation == generation => &previous.token,
+            _ => &cached.token,
+        };
+        let age = now.saturating_duration_since(refused.received_at());
         if age < self.policy.young_token_age {
             sched.young_rejections = sched.young_rejections.saturating_add(1);
         } else {
@@ -226,6 +235,9 @@ impl Shared {
                 "token rejected by the server: renewing"
             );
         }
+        // Never taken back from a shared store: the newest token dropped (the successor, when
+        // the previous one was refused: it may be refused as well, and the store holds the
+        // newest token, not the one it replaced).
         sched.rejected = Some(shared_fetch::digest(cached.token.as_str()));
         let _ = self.current.compare_and_swap(&*guard, None);
         self.slots.clear();

@@ -1,0 +1,197 @@
+//! The pace of refreshes, whatever the settings, the FHIR server's clock or the runtimes do: the
+//! background refresher never spins, no setting refreshes in a loop, a zero wait timeout still
+//! starts the fetch that serves later callers, a proactive refresh stuck on an idle runtime is
+//! taken over before the token runs out, and a request that waited for the FHIR server's clock
+//! is never replayed with a token the cell has dropped meanwhile.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+use koppeltaal_auth::testing::FakeTokenSource;
+use koppeltaal_auth::{ErrorKind, RefreshPolicy, TokenCell};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use support::fhir_servers::{Issuing, Servers, fhir_request, layered};
+use support::runtimes::{paused_runtime, real_runtime, within};
+use support::{ms, secs};
+
+/// A FHIR server 3 s behind the auth server, and 8 s tokens refreshed 90% ahead: each new
+/// token's refresh point (0.8 s after it arrives) comes before the FHIR server takes it (3 s).
+/// The refresher used to find the refresh "due" and "done" at once, over and over, without
+/// waiting: on the real clock it held a current-thread runtime (this ticker's) for seconds.
+/// Real time, since tokio's paused clock stands still while the refresher runs and so hid it.
+#[test]
+fn a_refresh_point_before_the_fhir_server_takes_the_token_never_spins() {
+    let (longest_gap, fetches, failed) = within(secs(30), || {
+        real_runtime().block_on(async {
+            let servers = Servers::new(-3_000, secs(8), 0);
+            let policy = RefreshPolicy::default()
+                .refresh_ahead(secs(8), 1.0, 1.0)
+                .refresh_jitter(0.0);
+            let cell = TokenCell::new(Issuing(Arc::clone(&servers)), policy);
+            let client = layered(&servers, cell);
+            let ticker = tokio::spawn(async {
+                let mut last = Instant::now();
+                let mut longest = Duration::ZERO;
+                for _ in 0..100 {
+                    tokio::time::sleep(ms(50)).await;
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+                longest
+            });
+            let mut failed = 0;
+            let end = Instant::now() + ms(5_500);
+            while Instant::now() < end {
+                let response = client.clone().oneshot(fhir_request()).await.unwrap();
+                failed += u32::from(response.status() != StatusCode::OK);
+                tokio::time::sleep(ms(250)).await;
+            }
+            let longest_gap = ticker.await.unwrap();
+            (longest_gap, servers.fetches.load(Ordering::SeqCst), failed)
+        })
+    });
+    assert!(
+        longest_gap < ms(700),
+        "the runtime was held for {longest_gap:?}"
+    );
+    // At 0 s, at the first refresh point (0.8 s), then once the FHIR server took that token
+    // (3 s); the next is due at 6 s.
+    assert_eq!(fetches, 3);
+    assert_eq!(failed, 0);
+}
+
+/// The whole lifetime as refresh-ahead, plus the largest jitter: the refresh point used to be
+/// the token's arrival, so each success started the next fetch at once (a fetch loop at the
+/// token endpoint's pace). At most 90% is refreshed ahead: one fetch per tenth of a lifetime.
+#[tokio::test(start_paused = true)]
+async fn refreshing_the_whole_lifetime_ahead_refreshes_ten_times_a_lifetime_not_in_a_loop() {
+    let source = FakeTokenSource::new().with_lifetime(secs(60));
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(secs(60), 1.0, 1.0)
+        .refresh_jitter(1.0);
+    let cell = TokenCell::new(source.clone(), policy);
+    cell.ready().await.unwrap();
+    tokio::time::sleep(secs(60) - ms(1)).await;
+    // At 0, 6, 12, ..., 54 s.
+    assert_eq!(source.fetches_completed(), 10);
+    assert_eq!(cell.current().unwrap().generation(), 10);
+}
+
+/// A zero wait timeout fails a caller without a token at once, and still starts the fetch that
+/// serves the callers after it (it used to give up before starting any: no token, ever).
+#[tokio::test(start_paused = true)]
+async fn a_zero_wait_timeout_fails_fast_and_still_starts_the_fetch() {
+    let source = FakeTokenSource::new();
+    let policy = RefreshPolicy::default().wait_timeout(Duration::ZERO);
+    let cell = TokenCell::new(source.clone(), policy);
+    let started = Instant::now();
+    let err = cell.token().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WaitTimeout);
+    assert_eq!(Instant::now(), started, "no wait");
+    // The fetch it started runs as soon as the runtime gets to it.
+    tokio::task::yield_now().await;
+    assert_eq!(cell.token().await.unwrap().generation(), 1);
+    assert_eq!(source.fetches_started(), 1);
+}
+
+/// A proactive refresh started on a runtime that is never driven again (the `block_on` wrapper
+/// pattern), with no background refresher: requests on another runtime used to hand out the
+/// old token until it ran out and then wait. The first request after the refresh stalled (3 s
+/// without a heartbeat) gives up on it and refreshes, long before the token runs out.
+#[test]
+fn a_proactive_refresh_stuck_on_an_idle_runtime_is_taken_over_by_the_next_request() {
+    let source = FakeTokenSource::new().with_lifetime(secs(20));
+    let idle = paused_runtime();
+    let cell = idle.block_on(async {
+        let policy = RefreshPolicy::default()
+            .refresh_jitter(0.0)
+            .background_refresh(false);
+        let cell = TokenCell::new(source.clone(), policy);
+        cell.ready().await.unwrap();
+        // Past the refresh point (10 s of 20 s): this use starts the refresh on `idle`.
+        tokio::time::advance(ms(10_500)).await;
+        assert_eq!(cell.current().unwrap().generation(), 1);
+        cell
+    });
+    let seen = within(secs(20), move || {
+        paused_runtime().block_on(async {
+            // Every 100 ms for 17 s (the first token is usable for 18 s).
+            let mut seen = Vec::new();
+            for _ in 0..170 {
+                seen.push(cell.current().map(|token| token.generation()));
+                tokio::time::sleep(ms(100)).await;
+            }
+            seen
+        })
+    });
+    assert!(seen.iter().all(Option::is_some), "a request had no token");
+    assert_eq!(
+        seen.last(),
+        Some(&Some(2)),
+        "refreshed on the other runtime"
+    );
+    assert_eq!(source.fetches_started(), 2, "the stuck refresh never ran");
+    drop(idle);
+}
+
+/// The same with the background refresher on a runtime that runs: it used to wait for the
+/// stuck flight to report, forever; it gives up on it once it stalls, and refreshes.
+#[test]
+fn a_proactive_refresh_stuck_on_an_idle_runtime_is_taken_over_by_the_refresher() {
+    let source = FakeTokenSource::new().with_lifetime(secs(20));
+    let home = paused_runtime();
+    let cell = home.block_on(async {
+        let cell = TokenCell::new(source.clone(), RefreshPolicy::default().refresh_jitter(0.0));
+        cell.ready().await.unwrap();
+        cell
+    });
+    let idle = paused_runtime();
+    idle.block_on(async {
+        tokio::time::advance(ms(10_500)).await;
+        assert_eq!(cell.current().unwrap().generation(), 1);
+    });
+    let generation = within(secs(20), move || {
+        home.block_on(async {
+            // No request at all on this runtime: only its refresher can act.
+            tokio::time::sleep(secs(17)).await;
+            cell.current().map(|token| token.generation())
+        })
+    });
+    assert_eq!(generation, Some(2));
+    assert_eq!(source.fetches_started(), 2, "the stuck refresh never ran");
+    drop(idle);
+}
+
+/// A request whose brand-new token the FHIR server (2 s behind) refuses waits for its clock;
+/// meanwhile the cell drops that token (another request's `401`). The replay used to go out
+/// with the dropped token anyway; it is renewed instead.
+#[tokio::test(start_paused = true)]
+async fn a_replay_after_the_clock_wait_never_carries_a_token_dropped_meanwhile() {
+    let servers = Servers::new(-2_000, secs(300), 0);
+    let cell = TokenCell::new(
+        Issuing(Arc::clone(&servers)),
+        RefreshPolicy::default().refresh_jitter(0.0),
+    );
+    let client = layered(&servers, cell.clone());
+    cell.ready().await.unwrap();
+    let request = tokio::spawn(client.oneshot(fhir_request()));
+    tokio::time::sleep(ms(500)).await;
+    assert_eq!(
+        servers.refused.load(Ordering::SeqCst),
+        1,
+        "refused, waiting"
+    );
+    assert!(cell.invalidate(1));
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let sent = servers.sent.lock().unwrap().clone();
+    assert_eq!(sent.first().map(String::as_str), Some("token-1"));
+    assert!(sent[1..].iter().all(|token| token != "token-1"), "{sent:?}");
+}
