@@ -173,7 +173,8 @@ impl RefreshPolicy {
 
     /// Sets how long a caller waits for a token before getting
     /// [`ErrorKind::WaitTimeout`](crate::ErrorKind::WaitTimeout). Defaults to 30 s; clamped to
-    /// [`MAX_WAIT_TIMEOUT`] (an hour).
+    /// [`MAX_WAIT_TIMEOUT`] (an hour). Zero never waits: a caller without a token gets the error
+    /// at once, and the fetch it started serves the callers after it.
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout.min(MAX_WAIT_TIMEOUT);
         self

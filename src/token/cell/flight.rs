@@ -9,7 +9,9 @@
 //!   counts as a failed attempt (the backoff applies; then anyone may start the next);
 //! - a running flight beats a heartbeat; one whose heartbeat stops (its runtime idle, blocked or
 //!   gone) or that outlives the attempt timeout is given up on by the next caller that needs a
-//!   token, which starts another on its own runtime;
+//!   token, the next request past the refresh point, or the background refresher, whichever
+//!   comes first, which starts another on its own runtime (after the backoff of one failed
+//!   attempt);
 //! - every wait is bounded by the caller's deadline, on every iteration, and every iteration
 //!   awaits something that takes time: no loop can spin.
 
