@@ -144,6 +144,10 @@ struct Entry<'a> {
     lifetime_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// The token's start by its issuer's clock, epoch seconds (absent in entries written before
+    /// it was kept, and for tokens that do not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before: Option<u64>,
 }
 
 /// The stored JSON of `token`, in one buffer sized for the worst case (every character escaped
@@ -153,8 +157,12 @@ fn encode(token: &StoredToken) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> 
         access_token: Cow::Borrowed(token.token()),
         lifetime_ms: millis(token.lifetime()),
         scope: token.scope().map(str::to_owned),
+        not_before: token
+            .not_before()
+            .and_then(crate::token::issued::epoch_seconds),
     };
-    let longest = 6 * (token.token().len() + token.scope().map_or(0, str::len)) + 96;
+    // The keys, two 20-digit numbers and the punctuation fit in 128 bytes.
+    let longest = 6 * (token.token().len() + token.scope().map_or(0, str::len)) + 128;
     let mut json = Zeroizing::new(Vec::with_capacity(longest));
     serde_json::to_writer(&mut *json, &entry)?;
     Ok(json)
@@ -195,6 +203,11 @@ impl TokenStore for RedisKeyStore {
                         Duration::from_millis(ttl_ms),
                         Duration::from_millis(entry.lifetime_ms),
                         entry.scope,
+                    )
+                    .with_not_before(
+                        entry
+                            .not_before
+                            .map(crate::token::issued::from_epoch_seconds),
                     )
                 }))
         })
@@ -265,15 +278,26 @@ mod tests {
             Duration::from_secs(200),
             Duration::from_secs(300),
             Some("system/*.cruds \"quoted\"".to_owned()),
-        );
+        )
+        .with_not_before(Some(
+            std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
         let found = crate::freed_scan::freed_blocks_holding(&[TOKEN.as_bytes()], || {
             let json = encode(&token).unwrap();
             let entry: Entry<'_> = serde_json::from_slice(&json).unwrap();
             assert_eq!(entry.access_token, TOKEN);
             assert_eq!(entry.lifetime_ms, 300_000);
             assert_eq!(entry.scope.as_deref(), Some("system/*.cruds \"quoted\""));
+            assert_eq!(entry.not_before, Some(1_800_000_000));
         });
         assert_eq!(found, 0, "freed blocks held the token");
+    }
+
+    #[test]
+    fn an_entry_written_before_not_before_was_kept_still_parses() {
+        let entry: Entry<'_> =
+            serde_json::from_str(r#"{"access_token":"t","lifetime_ms":300000}"#).unwrap();
+        assert_eq!((entry.lifetime_ms, entry.not_before), (300_000, None));
     }
 
     #[test]

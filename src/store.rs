@@ -8,7 +8,7 @@
 //! request fast path. `RedisTokenStore` (feature `redis`) is the implementation this crate ships.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroize;
 
@@ -32,6 +32,8 @@ pub struct StoredToken {
     expires_in: Duration,
     lifetime: Duration,
     scope: Option<String>,
+    /// The token's start by its issuer's clock (epoch seconds).
+    not_before: Option<u64>,
 }
 
 impl StoredToken {
@@ -50,7 +52,26 @@ impl StoredToken {
             expires_in: expires_in.min(MAX_TOKEN_LIFETIME),
             lifetime: lifetime.min(MAX_TOKEN_LIFETIME),
             scope,
+            not_before: None,
         }
+    }
+
+    /// With the instant the token starts by its issuer's clock (its `iat`, or the token
+    /// response's `Date`; see [`AccessToken::with_not_before`](crate::AccessToken::with_not_before)),
+    /// so that an instance adopting it knows, as the one that fetched it does, that a FHIR server
+    /// whose clock is behind refuses it until its clock gets there (and waits instead of renewing).
+    /// An absolute time from the issuer, not from any instance's clock; whole seconds.
+    #[must_use]
+    pub fn with_not_before(mut self, not_before: Option<SystemTime>) -> Self {
+        self.not_before = not_before.and_then(crate::token::issued::epoch_seconds);
+        self
+    }
+
+    /// See [`with_not_before`](Self::with_not_before).
+    #[must_use]
+    pub fn not_before(&self) -> Option<SystemTime> {
+        self.not_before
+            .map(crate::token::issued::from_epoch_seconds)
     }
 
     /// The token.
@@ -93,6 +114,7 @@ impl fmt::Debug for StoredToken {
             .field("expires_in", &self.expires_in)
             .field("lifetime", &self.lifetime)
             .field("scope", &self.scope)
+            .field("not_before", &self.not_before)
             .finish()
     }
 }

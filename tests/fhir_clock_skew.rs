@@ -20,6 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::StatusCode;
+use koppeltaal_auth::store::StorePolicy;
+use koppeltaal_auth::testing::MemoryTokenStore;
 use koppeltaal_auth::{RefreshPolicy, TokenCell};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -232,4 +234,37 @@ async fn a_fhir_server_always_refusing_sees_each_request_at_most_four_times() {
         assert!(sent <= 4, "round {round}: sent {sent} times");
     }
     assert!(servers.fetches.load(Ordering::SeqCst) <= 6);
+}
+
+/// Two instances sharing a store, the FHIR server 2 s behind: the one that adopts the other's
+/// brand-new token knows its start too (shared through the store), so the FHIR server's refusal
+/// is waited out and the same token replayed, not taken for a rejection (which used to make the
+/// adopting instance drop the shared token and fetch one of its own).
+#[tokio::test(start_paused = true)]
+async fn an_instance_adopting_a_young_token_waits_for_the_fhir_clock_instead_of_renewing() {
+    let servers = Servers::new(-2_000, secs(300), 0);
+    let store = MemoryTokenStore::new();
+    let instance = || {
+        TokenCell::with_store(
+            Issuing(Arc::clone(&servers)),
+            policy(),
+            store.clone(),
+            StorePolicy::default(),
+        )
+    };
+    let (fetching, adopting) = (instance(), instance());
+    fetching.ready().await.unwrap();
+    let response = layered(&servers, adopting.clone())
+        .oneshot(fhir_request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(adopting.stats().adopted_from_store, 1);
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 1, "no renewal");
+    assert_eq!(adopting.stats().invalidations, 0);
+    assert_eq!(
+        *servers.sent.lock().unwrap(),
+        ["token-1", "token-1"],
+        "refused, waited for, replayed"
+    );
 }

@@ -99,6 +99,7 @@ impl TokenStore for MemoryTokenStore {
                         token.lifetime(),
                         token.scope().map(str::to_owned),
                     )
+                    .with_not_before(token.not_before())
                 })
             }))
         })

@@ -74,6 +74,7 @@ pub(crate) fn stored(token: &AccessToken) -> StoredToken {
         token.lifetime(),
         token.scope().map(str::to_owned),
     )
+    .with_not_before(token.not_before())
 }
 
 /// A stored token as if this instance had received it when it asked the store (`asked_at`): the
@@ -93,7 +94,9 @@ fn adopt(stored: &StoredToken, asked_at: Instant) -> Result<AccessToken, Error> 
         asked_at,
         asked_at.checked_sub(lifetime - remaining),
     );
-    Ok(AccessToken::new(stored.token(), lifetime, received_at)?.with_scope(stored.scope()))
+    Ok(AccessToken::new(stored.token(), lifetime, received_at)?
+        .with_scope(stored.scope())
+        .with_not_before(stored.not_before()))
 }
 
 /// The lifetime and arrival of a token with `remaining` of `lifetime` left at `asked_at`, given
@@ -220,9 +223,14 @@ mod tests {
             );
         }
         // Through `adopt`: the stored token's time left, counted from the look.
-        let stored = StoredToken::new("shared", remaining, lifetime, None);
-        let token = adopt(&stored, asked_at).unwrap();
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let entry =
+            StoredToken::new("shared", remaining, lifetime, None).with_not_before(Some(start));
+        let token = adopt(&entry, asked_at).unwrap();
         assert_eq!(token.expires_at(), asked_at + remaining);
         assert_eq!(token.lifetime(), lifetime);
+        // Its start too, so that a FHIR server whose clock is behind is waited for.
+        assert_eq!(token.not_before(), Some(start));
+        assert_eq!(stored(&token).not_before(), Some(start));
     }
 }
