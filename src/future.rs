@@ -213,9 +213,14 @@ where
     } else {
         None
     };
-    crate::service::put_token(request.headers_mut(), token.value().clone());
+    let put = crate::service::put_token(request.headers_mut(), token.value().clone());
     // `service` was driven to readiness by the caller before `call`.
     let response = service.call(request).await.map_err(Into::into)?;
+    if !put {
+        // Sent without the token (a full header map), as the fast path does: its `401` says
+        // nothing about the token, which is kept.
+        return Ok(response);
+    }
     if response.status() != StatusCode::UNAUTHORIZED {
         return Ok(response);
     }

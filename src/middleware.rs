@@ -82,7 +82,10 @@ impl Middleware for KoppeltaalAuthMiddleware {
         } else {
             None
         };
-        crate::service::put_token(request.headers_mut(), token.value().clone());
+        if !crate::service::put_token(request.headers_mut(), token.value().clone()) {
+            // Sent without the token (a full header map): its `401` says nothing about the token.
+            return next.run(request, extensions).await;
+        }
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);

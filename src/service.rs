@@ -107,7 +107,8 @@ fn insert_token<B>(request: &mut Request<B>, value: HeaderValue) -> bool {
 
 /// Sets the token on a request that has no `Authorization` of its own (the slow path, a
 /// replay). `false` (with a warning) when the header map is full: the request then goes out
-/// without a token, and the server answers it.
+/// without a token, and its answer (a `401`, surely) is returned as it is: it says nothing
+/// about the token.
 pub(crate) fn put_token(headers: &mut http::HeaderMap, value: HeaderValue) -> bool {
     let put = headers.try_insert(AUTHORIZATION, value).is_ok();
     if !put {

@@ -73,6 +73,27 @@ async fn a_full_header_map_is_sent_without_a_token_on_the_slow_and_the_fast_path
     assert_eq!(*seen.lock().unwrap(), vec![Vec::<String>::new(); 4]);
 }
 
+/// Sent without the token, the request's `401` says nothing about the token: returned as it is
+/// on both paths, the token kept (the slow path used to take it for a rejection and renew).
+#[tokio::test]
+async fn a_401_to_a_request_sent_without_the_token_renews_nothing() {
+    let auth = authenticator();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let service = auth
+        .layer()
+        .layer(authorization_recorder(Arc::clone(&seen), |_, _| {
+            http::StatusCode::UNAUTHORIZED
+        }));
+    // The slow path (the cell is empty), then the fast path.
+    for _ in 0..2 {
+        let response = service.clone().oneshot(full_request()).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![Vec::<String>::new(); 2]);
+    let stats = auth.stats();
+    assert_eq!((stats.invalidations, stats.fetches_ok), (0, 1), "{stats:?}");
+}
+
 #[tokio::test]
 async fn a_callers_own_authorization_values_are_all_kept_in_order() {
     let auth = authenticator();
