@@ -194,6 +194,27 @@ async fn slow_token_endpoint_times_out() {
     assert!(err.is_transient());
 }
 
+/// A slow answer shortens the token's life here, never lengthens it: its lifetime counts from
+/// when the request went out (the server's `expires_in` counts from a moment after that).
+#[tokio::test]
+async fn a_token_lives_from_when_it_was_asked_for_not_from_a_slow_answer() {
+    let mock = mock().await;
+    mock.set_token_delay(Duration::from_millis(300));
+    let asked = tokio::time::Instant::now();
+    let token = source(&mock, rsa_key()).fetch().await.unwrap();
+    let answered = tokio::time::Instant::now();
+    assert!(
+        token.received_at() >= asked,
+        "{:?}",
+        token.received_at() - asked
+    );
+    assert!(
+        answered - token.received_at() >= Duration::from_millis(300),
+        "counted from the answer: {:?} before it",
+        answered - token.received_at()
+    );
+}
+
 #[tokio::test]
 async fn unreachable_token_endpoint_is_a_transport_error() {
     // Bind and drop to find a port nobody listens on.

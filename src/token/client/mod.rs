@@ -150,7 +150,10 @@ impl ClientCredentials {
             .send()
             .await
             .map_err(|err| Error::from_reqwest("token request failed", err))?;
-        let received_at = Instant::now();
+        // The token's life is counted from when the request went out, not from the answer:
+        // the server counts from some moment in between, so a slow answer only makes the token
+        // expire early here, never late.
+        let received_at = started;
         inner.skew.observe(response.headers(), SystemTime::now());
         let status = response.status();
         let headers = response.headers().clone();
