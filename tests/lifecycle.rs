@@ -310,6 +310,22 @@ fn a_refresh_stuck_on_an_idle_runtime_is_taken_over_by_the_next_runtime() {
     drop(idle);
 }
 
+/// A refresh stuck on a runtime that lives on, never driven, does not keep the cell (and its
+/// source, a private key) alive once the last handle is dropped.
+#[test]
+fn a_refresh_stuck_on_an_idle_runtime_does_not_keep_a_dropped_cell_alive() {
+    let source = FakeTokenSource::new();
+    let idle = real_runtime();
+    idle.block_on(async {
+        let cell = TokenCell::new(source.clone(), RefreshPolicy::default());
+        cell.ready().await.unwrap();
+        assert!(cell.invalidate(1), "a renewal spawned here, never run");
+    });
+    assert_eq!(source.fetches_started(), 1);
+    assert_eq!(source.handles(), 1, "only the test's own: the cell is gone");
+    drop(idle);
+}
+
 /// Without any runtime the fast path still hands out the token; a caller that needs a new one
 /// gets a clear error instead of a hang or a panic.
 #[test]

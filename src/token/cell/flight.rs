@@ -15,8 +15,8 @@
 //! - every wait is bounded by the caller's deadline, on every iteration, and every iteration
 //!   awaits something that takes time: no loop can spin.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -159,7 +159,7 @@ impl Shared {
             heartbeat: Arc::new(AtomicU64::new(self.nanos(now))),
         };
         let guard = FlightGuard {
-            shared: Arc::clone(self),
+            shared: Arc::downgrade(self),
             flight: flight.clone(),
             tx,
             reported: false,
@@ -299,9 +299,11 @@ impl Shared {
 }
 
 /// Reports the outcome of a flight exactly once: when it completes, or from `drop` when it
-/// panicked, was cancelled, or was dropped before it ever ran.
+/// panicked, was cancelled, or was dropped before it ever ran. It holds the cell weakly: a task
+/// that is never run (its runtime idle for good) does not keep the cell, its token and its
+/// source (a private key) alive after the last handle; the task holds it while it runs.
 struct FlightGuard {
-    shared: Arc<Shared>,
+    shared: Weak<Shared>,
     flight: Flight,
     tx: watch::Sender<Option<Outcome>>,
     reported: bool,
@@ -312,14 +314,19 @@ impl FlightGuard {
         if self.reported {
             return;
         }
+        self.reported = true;
+        // Without the cell there is no one to report to: every waiter holds it.
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         let outcome = {
-            let mut sched = self.shared.lock();
+            let mut sched = shared.lock();
             if sched
                 .flight
                 .as_ref()
                 .is_some_and(|flight| flight.id == self.flight.id)
             {
-                self.shared.end_flight(&mut sched, Instant::now(), ending)
+                shared.end_flight(&mut sched, Instant::now(), ending)
             } else {
                 tracing::debug!(
                     "a token refresh that was given up on ended; its result is dropped"
@@ -327,12 +334,11 @@ impl FlightGuard {
                 Ok(())
             }
         };
-        self.reported = true;
         self.tx.send_replace(Some(outcome));
     }
 
-    fn beat(&self) {
-        let now = self.shared.nanos(Instant::now());
+    fn beat(&self, shared: &Shared) {
+        let now = shared.nanos(Instant::now());
         self.flight.heartbeat.store(now, Ordering::Release);
     }
 }
@@ -345,18 +351,21 @@ impl Drop for FlightGuard {
 
 /// The flight's task.
 async fn run(mut guard: FlightGuard, reason: Reason) {
-    let shared = Arc::clone(&guard.shared);
+    let Some(shared) = guard.shared.upgrade() else {
+        // The cell is gone.
+        return;
+    };
     if !shared.is_in_flight(guard.flight.id) {
         // Given up on before it ran.
         guard.report(Ending::CutOff);
         return;
     }
-    guard.beat();
+    guard.beat(&shared);
     let deadline = later(guard.flight.started, shared.policy.attempt_timeout);
     let span = tracing::debug_span!("token_refresh", reason = ?reason);
     let result = supervised(
         shared.fetch(),
-        || guard.beat(),
+        || guard.beat(&shared),
         shared.policy.attempt_timeout,
         deadline,
     )
