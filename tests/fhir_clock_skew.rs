@@ -12,8 +12,8 @@
 
 mod support;
 
-use support::fhir_servers::{Issuing, Servers, client, fhir_request, layered};
-use support::secs;
+use support::fhir_servers::{BASE, Issuing, Servers, client, fhir_request, fhir_service, layered};
+use support::{ms, secs};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,9 +22,9 @@ use std::time::Duration;
 use http::StatusCode;
 use koppeltaal_auth::store::StorePolicy;
 use koppeltaal_auth::testing::MemoryTokenStore;
-use koppeltaal_auth::{RefreshPolicy, TokenCell};
+use koppeltaal_auth::{KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 
 /// What a run saw.
 #[derive(Debug)]
@@ -267,4 +267,74 @@ async fn an_instance_adopting_a_young_token_waits_for_the_fhir_clock_instead_of_
         ["token-1", "token-1"],
         "refused, waited for, replayed"
     );
+}
+
+/// The token serving while its successor waits for the FHIR server's clock (2 s behind) is
+/// revoked: the rejection counts as one of an old token, not of the young successor dropped with
+/// it (which used to count, so that the next young token rejected was renewed after a backoff
+/// with a warning, as if fresh tokens kept being refused). Replay off, so that no successful
+/// replay resets the count.
+#[tokio::test(start_paused = true)]
+async fn rejecting_the_serving_previous_token_counts_its_own_age_not_its_successors() {
+    let (logs, _guard) = support::capture_logs();
+    let servers = Servers::new(-2_000, secs(300), 0);
+    let cell = TokenCell::new(Issuing(Arc::clone(&servers)), policy());
+    let layer = KoppeltaalAuthLayer::new(cell.clone(), BASE)
+        .unwrap()
+        .replay_on_401(false);
+    let client = layer.layer(fhir_service(&servers));
+    let start = Instant::now();
+    // A brand-new token-1 refused: the cell learns the FHIR server's clock.
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(fhir_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // token-2 at the refresh point (240 s); token-1 serves until the FHIR server takes it.
+    tokio::time::sleep_until(start + ms(240_500)).await;
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 2);
+    revoke(&servers, "token-1");
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(fhir_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(cell.stats().invalidations, 1);
+    // token-3, young, revoked once the FHIR server takes it: the first young rejection.
+    tokio::time::sleep_until(start + ms(243_000)).await;
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(fhir_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 3);
+    revoke(&servers, "token-3");
+    assert_eq!(
+        client
+            .clone()
+            .oneshot(fhir_request())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(cell.stats().invalidations, 2);
+    let text = logs.text();
+    assert!(!text.contains("a fresh token was rejected again"), "{text}");
+}
+
+fn revoke(servers: &Servers, token: &str) {
+    servers.revoked.lock().unwrap().insert(token.to_owned());
 }

@@ -177,13 +177,25 @@ pub fn layered(
 > + Clone
 + Send
 + 'static {
-    let layer = KoppeltaalAuthLayer::new(cell, BASE).unwrap();
-    let fhir = {
-        let servers = Arc::clone(servers);
-        tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let response = servers.answer(&request);
-            async move { Ok::<_, Infallible>(response) }
-        })
-    };
-    layer.layer(fhir)
+    KoppeltaalAuthLayer::new(cell, BASE)
+        .unwrap()
+        .layer(fhir_service(servers))
+}
+
+/// The in-test FHIR server as a service.
+pub fn fhir_service(
+    servers: &Arc<Servers>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    let servers = Arc::clone(servers);
+    tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let response = servers.answer(&request);
+        async move { Ok::<_, Infallible>(response) }
+    })
 }
