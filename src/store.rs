@@ -127,7 +127,9 @@ impl fmt::Debug for StoredToken {
 /// - [`load`](Self::load): the stored token with the time it has left *as the store measures it*
 ///   (for Redis, the key's TTL), or `None` once it has expired;
 /// - [`save`](Self::save): replace the stored token, kept for its
-///   [`expires_in`](StoredToken::expires_in);
+///   [`expires_in`](StoredToken::expires_in), with its lifetime, scope and
+///   [`not_before`](StoredToken::not_before) (which `load` hands back: an instance adopting a
+///   token without it takes a FHIR server's refusal of a brand-new token for a rejection);
 /// - [`try_lease`](Self::try_lease): take the lease for `ttl` if nobody holds it, returning a
 ///   fresh owner value, else `None`;
 /// - [`release_lease`](Self::release_lease): give the lease back, only if `owner` still holds it.

@@ -195,3 +195,42 @@ async fn a_replay_after_the_clock_wait_never_carries_a_token_dropped_meanwhile()
     assert_eq!(sent.first().map(String::as_str), Some("token-1"));
     assert!(sent[1..].iter().all(|token| token != "token-1"), "{sent:?}");
 }
+
+/// tokio's sync wrapper pattern with a refresh in flight across calls: the refresh starts in one
+/// `block_on`, which returns before the token endpoint answers; the next call comes 3.5 s later
+/// (longer than a flight may go without a heartbeat). That call's runtime runs the flight as
+/// soon as the call awaits anything, so the flight is not given up on (it used to be: a wasted
+/// token request, a warning, a backoff, every time). Real time: the program sleeps between calls.
+#[test]
+fn a_refresh_spanning_two_block_on_calls_is_finished_not_given_up_on() {
+    let source = FakeTokenSource::new().with_lifetime(secs(10));
+    source.set_delay(ms(300));
+    let (logs, _guard) = support::capture_logs();
+    let runtime = real_runtime();
+    // Refreshed 1 s after arrival (90% ahead), usable for 9 s.
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(secs(9), 0.0, 0.9)
+        .refresh_jitter(0.0);
+    let cell = runtime.block_on(async {
+        let cell = TokenCell::new(source.clone(), policy);
+        cell.ready().await.unwrap();
+        cell
+    });
+    let call = |cell: &TokenCell| {
+        runtime.block_on(async {
+            let token = cell.token().await.unwrap();
+            // The FHIR request.
+            tokio::time::sleep(ms(50)).await;
+            token.generation()
+        })
+    };
+    std::thread::sleep(ms(1_200));
+    assert_eq!(call(&cell), 1, "the refresh starts here");
+    std::thread::sleep(ms(3_500));
+    call(&cell);
+    assert_eq!(cell.current().map(|token| token.generation()), Some(2));
+    assert_eq!(source.fetches_started(), 2);
+    assert_eq!(cell.stats().fetches_failed, 0);
+    let text = logs.text();
+    assert!(!text.contains("giving up on it"), "{text}");
+}

@@ -158,7 +158,9 @@ impl AccessToken {
         self.lifetime
     }
 
-    /// When the token response arrived (local monotonic clock).
+    /// The instant its lifetime counts from (local monotonic clock): for
+    /// [`ClientCredentials`], when the token request went out (the server counts from a moment
+    /// after that, so the token expires early here, never late).
     #[must_use]
     pub fn received_at(&self) -> Instant {
         self.received_at

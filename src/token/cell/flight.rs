@@ -11,7 +11,8 @@
 //!   gone) or that outlives the attempt timeout is given up on by the next caller that needs a
 //!   token, the next request past the refresh point, or the background refresher, whichever
 //!   comes first, which starts another on its own runtime (after the backoff of one failed
-//!   attempt);
+//!   attempt); a caller on the idle current-thread runtime the flight waits on does not give up
+//!   on it (the flight runs as soon as that caller awaits);
 //! - every wait is bounded by the caller's deadline, on every iteration, and every iteration
 //!   awaits something that takes time: no loop can spin.
 
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::runtime::{Handle, Id, RuntimeFlavor};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -46,6 +48,9 @@ pub(super) struct Flight {
     pub(super) started: Instant,
     /// When the flight last showed its task is being run (nanoseconds after the cell's epoch).
     heartbeat: Arc<AtomicU64>,
+    /// The current-thread runtime the task was spawned on, if it was: a caller running on that
+    /// runtime knows the task runs as soon as the caller awaits anything.
+    current_thread: Option<Id>,
 }
 
 /// Why a refresh starts (for tracing).
@@ -93,13 +98,27 @@ impl Flight {
         )
     }
 
+    /// Whether the caller runs on the current-thread runtime the flight's task waits on: the
+    /// task then runs as soon as the caller awaits anything, however long the runtime sat idle.
+    /// (On a multi-thread runtime a caller on one worker says nothing about a task queued on
+    /// another, blocked one.)
+    fn runs_with_caller(&self) -> bool {
+        self.current_thread
+            .is_some_and(|id| Handle::try_current().is_ok_and(|handle| handle.id() == id))
+    }
+
     /// When the flight counts as not being run any more, unless its heartbeat moves on.
     pub(super) fn stalls_at(&self, shared: &Shared) -> Instant {
-        let overdue = later(
+        later(self.beat(shared), STALLED_AFTER).min(self.overdue_at(shared))
+    }
+
+    /// When the flight has outlived the attempt timeout (with the slack of a heartbeat), however
+    /// it beats.
+    fn overdue_at(&self, shared: &Shared) -> Instant {
+        later(
             later(self.started, shared.policy.attempt_timeout),
             STALLED_AFTER,
-        );
-        later(self.beat(shared), STALLED_AFTER).min(overdue)
+        )
     }
 }
 
@@ -157,6 +176,8 @@ impl Shared {
             outcome: rx,
             started: now,
             heartbeat: Arc::new(AtomicU64::new(self.nanos(now))),
+            current_thread: (runtime.runtime_flavor() == RuntimeFlavor::CurrentThread)
+                .then(|| runtime.id()),
         };
         let guard = FlightGuard {
             shared: Arc::downgrade(self),
@@ -175,14 +196,25 @@ impl Shared {
 
     /// The flight in the air, unless it has stopped running (its heartbeat stopped: its runtime
     /// is idle, blocked or gone; or it outlived the attempt timeout): then it is given up on,
-    /// as an attempt without a result (the backoff applies), and there is none.
+    /// as an attempt without a result (the backoff applies), and there is none. A flight waiting
+    /// on the current-thread runtime the caller runs on is not given up on for its heartbeat: it
+    /// runs as soon as the caller awaits anything.
     pub(super) fn running_flight<'s>(
         &self,
         sched: &'s mut Sched,
         now: Instant,
     ) -> Option<&'s Flight> {
         let flight = sched.flight.as_ref()?;
-        if now >= flight.stalls_at(self) {
+        if now >= flight.stalls_at(self)
+            && now < flight.overdue_at(self)
+            && flight.runs_with_caller()
+        {
+            // Not run lately because its runtime was not driven (a `block_on` per call, with
+            // the program doing other things in between), but it is now: this caller runs on it.
+            flight
+                .heartbeat
+                .fetch_max(self.nanos(now), Ordering::AcqRel);
+        } else if now >= flight.stalls_at(self) {
             tracing::warn!(
                 running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
                 "the token refresh in flight is not being run (its runtime is idle, blocked or \
@@ -301,7 +333,9 @@ impl Shared {
 /// Reports the outcome of a flight exactly once: when it completes, or from `drop` when it
 /// panicked, was cancelled, or was dropped before it ever ran. It holds the cell weakly: a task
 /// that is never run (its runtime idle for good) does not keep the cell, its token and its
-/// source (a private key) alive after the last handle; the task holds it while it runs.
+/// source (a private key) alive after the last handle. Once the task has started its fetch it
+/// holds the cell until the fetch ends: a runtime that stops being driven mid-fetch keeps the
+/// cell alive until it is driven again (the fetch ends by the attempt timeout) or dropped.
 struct FlightGuard {
     shared: Weak<Shared>,
     flight: Flight,
@@ -314,9 +348,9 @@ impl FlightGuard {
         if self.reported {
             return;
         }
-        self.reported = true;
         // Without the cell there is no one to report to: every waiter holds it.
         let Some(shared) = self.shared.upgrade() else {
+            self.reported = true;
             return;
         };
         let outcome = {
@@ -334,6 +368,9 @@ impl FlightGuard {
                 Ok(())
             }
         };
+        // Set only now: if recording the end panicked, the flight is still registered, and the
+        // drop records it as cut off.
+        self.reported = true;
         self.tx.send_replace(Some(outcome));
     }
 

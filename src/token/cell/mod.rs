@@ -128,7 +128,7 @@ struct Shared {
     /// Set while a wanted refresher waits for a runtime with timers (see [`refresher`]).
     refresher_parked: AtomicBool,
     /// Nanoseconds after `epoch` before which the fast path does not try to start a refresh:
-    /// `u64::MAX` while one runs, the end of the backoff after a failure. Saves the fast path a
+    /// while one runs, the instant it may have stalled; the end of the backoff after a failure. Saves the fast path a
     /// lock while a token is stale. A hint only: callers that need a token always take the lock.
     quiet_until: AtomicU64,
     epoch: Instant,
