@@ -22,7 +22,12 @@ async fn main() -> Result<(), BoxError> {
     let Some(auth) = env::authenticator().await? else {
         return Ok(());
     };
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    // The redirect policy keeps the token inside the FHIR base (reqwest keeps it on any
+    // redirect within one origin).
+    let http = reqwest::Client::builder()
+        .redirect(auth.redirect_policy())
+        .build()?;
+    let client = reqwest_middleware::ClientBuilder::new(http)
         .with(auth.middleware())
         .build();
     let url = env::resource(&auth);

@@ -17,11 +17,17 @@ use crate::token::{Rejection, RetryPlan};
 /// cloned (streaming bodies, see [`reqwest::Request::try_clone`]) are sent once; a `401` to them
 /// is returned as is.
 ///
+/// reqwest follows redirects below the middleware, keeping the token on a redirect within one
+/// origin: build the client with [`Authenticator::redirect_policy`] (or no redirects), as below.
+///
 /// # Example
 ///
 /// ```no_run
 /// # async fn run(auth: koppeltaal_auth::Authenticator) -> Result<(), koppeltaal_auth::BoxError> {
-/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+/// let http = reqwest::Client::builder()
+///     .redirect(auth.redirect_policy())
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(http)
 ///     .with(auth.middleware())
 ///     .build();
 /// let patient = client
@@ -50,6 +56,56 @@ impl Authenticator {
         }
     }
 }
+
+impl Authenticator {
+    /// A redirect policy for the `reqwest::Client` under the middleware (feature
+    /// `reqwest-middleware`): up to 10 redirects, except that a redirect from a URL under the
+    /// FHIR base to one outside it on the same origin is not followed (its `3xx` response is
+    /// returned).
+    ///
+    /// reqwest follows redirects inside the client, below the middleware, and keeps the
+    /// `Authorization` header when a redirect stays on the same origin (scheme, host and port):
+    /// with its default policy a FHIR server answering `302 Location: /admin` (or another
+    /// domain's base on a shared host) is sent the token there. Build the client with this
+    /// policy, or with `reqwest::redirect::Policy::none()`.
+    ///
+    /// ```no_run
+    /// # fn build(auth: koppeltaal_auth::Authenticator) -> Result<(), reqwest::Error> {
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(auth.redirect_policy())
+    ///     .build()?;
+    /// let client = reqwest_middleware::ClientBuilder::new(http)
+    ///     .with(auth.middleware())
+    ///     .build();
+    /// # let _ = client;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn redirect_policy(&self) -> reqwest::redirect::Policy {
+        let shared = Arc::clone(&self.shared);
+        reqwest::redirect::Policy::custom(move |attempt| {
+            let leaves_the_base = attempt.previous().last().is_some_and(|from| {
+                shared.scope.matches_url(from)
+                    && !shared.scope.matches_url(attempt.url())
+                    && from.origin() == attempt.url().origin()
+            });
+            if leaves_the_base {
+                tracing::warn!(
+                    "a redirect from the FHIR base to elsewhere on its server is not followed: \
+                     the token would go along"
+                );
+                attempt.stop()
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        })
+    }
+}
+
+/// reqwest's default limit.
+const MAX_REDIRECTS: usize = 10;
 
 impl From<&KoppeltaalAuthLayer> for KoppeltaalAuthMiddleware {
     fn from(layer: &KoppeltaalAuthLayer) -> Self {

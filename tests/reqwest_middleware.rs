@@ -243,3 +243,51 @@ async fn no_token_appears_in_trace_logs() {
         assert!(!text.contains(&token), "a token leaked into the logs");
     }
 }
+
+/// reqwest follows redirects below the middleware and keeps `Authorization` on one origin: with
+/// `redirect_policy` a redirect from the FHIR base to elsewhere on its server is returned, not
+/// followed (with reqwest's default policy the token went along: the first assertion block),
+/// while one within the base is followed.
+#[tokio::test]
+async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
+    let server = RecordingServer::start().await;
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(server.url("/fhir/DEFAULT"))
+        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
+        .build()
+        .unwrap();
+    let away = |to: &str| {
+        let to = server.url(to);
+        server.url(&format!("/fhir/DEFAULT/Patient/1?to={to}"))
+    };
+    // reqwest's default policy: the token goes to /admin.
+    client(&auth).get(away("/admin")).send().await.unwrap();
+    let seen = server.seen();
+    assert_eq!(seen[1].path, "/admin");
+    assert!(seen[1].authorization.is_some(), "{seen:?}");
+    let guarded = ClientBuilder::new(
+        reqwest::Client::builder()
+            .redirect(auth.redirect_policy())
+            .build()
+            .unwrap(),
+    )
+    .with(auth.middleware())
+    .build();
+    for to in ["/admin", "/fhir/OTHER/Patient/1", "/fhir/DEFAULT/../admin"] {
+        let before = server.seen().len();
+        let response = guarded.get(away(to)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT, "{to}");
+        assert_eq!(server.seen().len(), before + 1, "{to}: not followed");
+    }
+    // Within the base: followed, with the token.
+    let response = guarded
+        .get(away("/fhir/DEFAULT/Patient/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = server.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.path, "/fhir/DEFAULT/Patient/2");
+    assert!(last.authorization.is_some());
+}
