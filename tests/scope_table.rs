@@ -2,8 +2,8 @@
 //! token: the tower layer, the reqwest middleware, `Authenticator::covers`, and the CLI's `get`.
 //! The token goes only to paths under the FHIR base *as servers resolve them*: no backslash, no
 //! encoded slash or backslash, no dot segment in any spelling after the base (`..\OTHER`,
-//! `..;`, `..;x=1`, `%2e%2e`, `%2f`, ... are what Tomcat, Jetty or a WHATWG parser turn into
-//! another Koppeltaal domain on the same server).
+//! `..;`, `..;x=1`, `%2e%2e`, `%u002e%u002e`, `..%00`, `%2f`, ... are what Tomcat, Jetty, IIS
+//! or a WHATWG parser turn into another Koppeltaal domain on the same server).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -38,6 +38,9 @@ const CASES: &[(&str, bool, bool)] = &[
     ("/fhir/DEFAULT/%2e%2e/OTHER/Patient", false, false),
     ("/fhir/DEFAULT/.%2E/OTHER/Patient", false, false),
     ("/fhir/DEFAULT/%2e%2e;jsessionid=1/OTHER", false, false),
+    ("/fhir/DEFAULT/..%00/OTHER/Patient", false, false),
+    ("/fhir/DEFAULT/%u002e%u002e/OTHER/Patient", false, false),
+    ("/fhir/DEFAULT/%U002E./OTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%2fOTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%2FOTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%5cOTHER/Patient", false, false),

@@ -234,18 +234,23 @@ fn has_encoded_separator(segment: &[u8]) -> bool {
     })
 }
 
-/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...).
+/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), in the
+/// `%u002e` form (IIS, and Jetty before 9.4.43, decode it), or with encoded NULs (`..%00`: Jetty
+/// cut the segment there, CVE-2021-34429).
 fn is_dot_segment(bytes: &[u8]) -> bool {
     let mut dots = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'.' {
+        let rest = &bytes[i..];
+        if rest[0] == b'.' {
             i += 1;
-        } else if bytes[i] == b'%'
-            && bytes.get(i + 1) == Some(&b'2')
-            && matches!(bytes.get(i + 2), Some(b'e' | b'E'))
-        {
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
             i += 3;
+        } else if rest.len() >= 6 && rest[..6].eq_ignore_ascii_case(b"%u002e") {
+            i += 6;
+        } else if rest.starts_with(b"%00") {
+            i += 3;
+            continue;
         } else {
             return false;
         }

@@ -33,6 +33,7 @@ proptest! {
                 Just("..;"), Just("..;x=1"), Just(".;"), Just("%2e%2e;jsessionid=1"),
                 Just("a;b"), Just("..\\OTHER"), Just("a\\b"), Just("%5c"), Just("%5C.."),
                 Just("%2f"), Just("%252e%252e"), Just("x.y;z"), Just("%41"),
+                Just("..%00"), Just("%u002e%u002e"), Just("%U002E"), Just("a%00"),
             ],
             0..5,
         ),
@@ -77,7 +78,8 @@ fn is_plain(path: &str) -> bool {
 
 /// An independent reference: the origin and path as the url crate normalises them are under
 /// the base, and no segment of the raw path after the base, split on `/` and `\\`, stripped of
-/// `;` parameters and percent-decoded once (as Tomcat does), is `.` or `..` or holds a separator.
+/// `;` parameters and percent-decoded once (as Tomcat does; `%u002e` as IIS and old Jetty do, and
+/// NULs dropped, as old Jetty cut at them), is `.` or `..` or holds a separator.
 fn resolving_reference(text: &str, raw_path: &str) -> bool {
     let Ok(url) = url::Url::parse(text) else {
         return false;
@@ -90,7 +92,11 @@ fn resolving_reference(text: &str, raw_path: &str) -> bool {
     };
     rest.split(['/', '\\']).skip(1).all(|segment| {
         let name = segment.split(';').next().unwrap_or("");
-        let decoded = percent_decode(name);
+        let name = name.replace("%u002e", ".").replace("%U002E", ".");
+        let decoded: Vec<u8> = percent_decode(&name)
+            .into_iter()
+            .filter(|&byte| byte != 0)
+            .collect();
         decoded != b"." && decoded != b".." && !decoded.contains(&b'/') && !decoded.contains(&b'\\')
     }) && !raw_path.contains('\\')
 }

@@ -115,7 +115,22 @@ fn same_bytes_is_slice_equality() {
 
 #[test]
 fn dot_segments_are_recognised_in_every_spelling() {
-    for dot in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2e."] {
+    for dot in [
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%2e%2E",
+        ".%2e",
+        "%2e.",
+        "%u002e",
+        "%U002E%u002E",
+        ".%u002e",
+        "..%00",
+        "%00..",
+        ".%00",
+        "%2e%00%2e",
+    ] {
         assert!(is_dot_segment(dot.as_bytes()), "{dot}");
     }
     for other in [
@@ -128,6 +143,11 @@ fn dot_segments_are_recognised_in_every_spelling() {
         "Patient",
         "%2e%2e%2e",
         "v1.0",
+        "%00",
+        "%u002",
+        "%u002f",
+        "...%00",
+        "a%00..",
     ] {
         assert!(!is_dot_segment(other.as_bytes()), "{other}");
     }
