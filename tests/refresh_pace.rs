@@ -234,3 +234,46 @@ fn a_refresh_spanning_two_block_on_calls_is_finished_not_given_up_on() {
     let text = logs.text();
     assert!(!text.contains("giving up on it"), "{text}");
 }
+
+/// A renewal that stalled mid-fetch on a runtime that stopped being driven is given up on by a
+/// caller on another runtime, whose own fetch then hangs; when the first runtime runs again and
+/// its fetch completes, that token is used (it used to be dropped: a wasted token request, and
+/// no token until the second fetch ended).
+#[test]
+fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
+    let source = FakeTokenSource::new();
+    let idle = paused_runtime();
+    let cell = idle.block_on(async {
+        let cell = TokenCell::new(
+            source.clone(),
+            RefreshPolicy::default().background_refresh(false),
+        );
+        cell.ready().await.unwrap();
+        // The renewal starts its fetch here, which waits for the gate; then `idle` stops.
+        source.close_gate();
+        assert!(cell.invalidate(1));
+        while source.fetches_started() < 2 {
+            tokio::task::yield_now().await;
+        }
+        cell
+    });
+    let waited = within(secs(20), {
+        let cell = cell.clone();
+        move || {
+            paused_runtime().block_on(async {
+                // Gives up on the stalled renewal (3 s), starts its own, which hangs too.
+                tokio::time::timeout(secs(5), cell.token()).await.is_err()
+            })
+        }
+    });
+    assert!(waited, "no token yet");
+    assert_eq!(source.fetches_started(), 3);
+    source.open_gate();
+    idle.block_on(async {
+        while source.fetches_completed() < 2 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(cell.current().map(|token| token.generation()), Some(2));
+    assert_eq!(cell.stats().fetches_ok, 2);
+}

@@ -34,11 +34,7 @@ impl Shared {
                 let result = result.and_then(|token| self.install(sched, token, now));
                 match &result {
                     Ok(()) => {
-                        self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
-                        sched.failures = 0;
-                        sched.failing_since = None;
-                        sched.last_error = None;
-                        sched.not_before = sched.not_before.filter(|until| now < *until);
+                        self.succeeded(sched, now);
                         tracing::debug!(
                             generation = sched.generation,
                             elapsed_ms,
@@ -68,6 +64,51 @@ impl Shared {
         self.set_quiet(sched);
         self.wake.notify_one();
         outcome
+    }
+
+    /// Counts a successful attempt: the failures are over (a backoff still running stays).
+    fn succeeded(&self, sched: &mut Sched, now: Instant) {
+        self.counters.fetches_ok.fetch_add(1, Ordering::Relaxed);
+        sched.failures = 0;
+        sched.failing_since = None;
+        sched.last_error = None;
+        sched.not_before = sched.not_before.filter(|until| now < *until);
+    }
+
+    /// The end of a flight that was given up on (it stalled: its runtime was idle or blocked)
+    /// and ran to its end after all: its token is made current rather than wasted, unless the
+    /// cell holds one received later; anything else is dropped. The flight given up on was
+    /// counted as failed already, and another may be in the air.
+    pub(super) fn end_given_up(&self, sched: &mut Sched, now: Instant, ending: Ending) {
+        let Ending::Fetched(Ok(token)) = ending else {
+            tracing::debug!("a token refresh that was given up on ended without a token");
+            return;
+        };
+        let later_in_place = self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|current| current.token.received_at() >= token.received_at());
+        if later_in_place {
+            tracing::debug!(
+                "a token refresh that was given up on ended; a later token is in place"
+            );
+            return;
+        }
+        match self.install(sched, token, now) {
+            Ok(()) => {
+                self.succeeded(sched, now);
+                tracing::info!(
+                    generation = sched.generation,
+                    "a token refresh that was given up on ended after all: its token is used"
+                );
+                self.set_quiet(sched);
+                self.wake.notify_one();
+            }
+            Err(error) => {
+                tracing::debug!(%error, "a token refresh that was given up on ended too late");
+            }
+        }
     }
 
     /// Counts a failed attempt and schedules the next one.

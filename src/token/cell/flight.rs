@@ -12,9 +12,10 @@
 //!   token, the next request past the refresh point, or the background refresher, whichever
 //!   comes first, which starts another on its own runtime (after the backoff of one failed
 //!   attempt); a caller on the idle current-thread runtime the flight waits on does not give up
-//!   on it (the flight runs as soon as that caller awaits);
-//! - every wait is bounded by the caller's deadline, on every iteration, and every iteration
-//!   awaits something that takes time: no loop can spin.
+//!   on it (the flight runs as soon as that caller awaits); a flight given up on that ends with
+//!   a token after all has its token used, unless a later one is in place;
+//! - every wait (see `wait.rs`) is bounded by the caller's deadline, on every iteration, and
+//!   every iteration awaits something that takes time: no loop can spin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -25,11 +26,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::Shared;
 use super::attempt::supervised;
 use super::runtime::Unusable;
 use super::sched::Sched;
-use super::{Shared, Usable};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::token::AccessToken;
 use crate::token::policy::later;
 
@@ -43,8 +44,8 @@ pub(super) type Outcome = Result<(), Error>;
 /// A flight as the schedule and its waiters see it.
 #[derive(Clone)]
 pub(super) struct Flight {
-    id: u64,
-    outcome: watch::Receiver<Option<Outcome>>,
+    pub(super) id: u64,
+    pub(super) outcome: watch::Receiver<Option<Outcome>>,
     pub(super) started: Instant,
     /// When the flight last showed its task is being run (nanoseconds after the cell's epoch).
     heartbeat: Arc<AtomicU64>,
@@ -233,83 +234,6 @@ impl Shared {
         let _ = self.kick(now, reason, 0);
     }
 
-    /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
-    /// until the policy's wait timeout. Counts the wait and its time.
-    pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
-        // Before any timer is made: tokio panics on a runtime without timers.
-        self.runtimes.usable().map_err(Unusable::error)?;
-        self.unpark_refresher();
-        self.counters.waits.fetch_add(1, Ordering::Relaxed);
-        // Counted on drop: a wait whose caller gives up counts too.
-        let _clock = WaitClock {
-            total: &self.counters.wait_nanos,
-            started: Instant::now(),
-        };
-        self.wait_for_token(after).await
-    }
-
-    async fn wait_for_token(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
-        self.ensure_refresher();
-        let deadline = later(Instant::now(), self.policy.wait_timeout);
-        let timed_out = |why: &str| {
-            Error::new(
-                ErrorKind::WaitTimeout,
-                format!("no token within {:?}{why}", self.policy.wait_timeout),
-            )
-        };
-        // The first look always kicks, so that even a zero wait timeout starts the refresh that
-        // serves the callers after it.
-        let mut kicked = false;
-        loop {
-            let now = Instant::now();
-            if let Some(usable) = self.usable(now, after) {
-                return Ok(usable);
-            }
-            if kicked && now >= deadline {
-                return Err(timed_out(""));
-            }
-            kicked = true;
-            match self.kick(now, Reason::Empty, after) {
-                Kick::Ready => {}
-                Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
-                Kick::Running(mut flight) => {
-                    let look_again = flight.stalls_at(self).min(deadline);
-                    let outcome = flight.outcome.wait_for(Option::is_some);
-                    match tokio::time::timeout_at(look_again, outcome).await {
-                        Ok(Ok(outcome)) => {
-                            if let Some(Err(error)) = &*outcome {
-                                return Err(error.clone());
-                            }
-                        }
-                        // The guard always reports, so its sender cannot go first; if it did,
-                        // the flight is over without a result.
-                        Ok(Err(_)) => self.give_up(flight.id),
-                        // Time to see whether the flight still runs, or the deadline.
-                        Err(_) => {}
-                    }
-                }
-                Kick::Quiet {
-                    error: Some(error), ..
-                } => return Err(error),
-                Kick::Quiet { until, error: None } => {
-                    if until >= deadline {
-                        return Err(timed_out(": the next refresh attempt is due after that"));
-                    }
-                    tokio::time::sleep_until(until).await;
-                }
-                Kick::NoRuntime(why) => return Err(why.error()),
-            }
-        }
-    }
-
-    /// Ends flight `id`, if it is still the one in flight, as an attempt without a result.
-    fn give_up(&self, id: u64) {
-        let mut sched = self.lock();
-        if sched.flight.as_ref().is_some_and(|flight| flight.id == id) {
-            let _ = self.end_flight(&mut sched, Instant::now(), Ending::CutOff);
-        }
-    }
-
     /// Until when the fast path starts no refresh: while a flight runs, until it may have
     /// stalled (so that one that stops running is given up on, and the refresh started again,
     /// by the next request past the refresh point, not only by a caller without a token); else
@@ -362,9 +286,7 @@ impl FlightGuard {
             {
                 shared.end_flight(&mut sched, Instant::now(), ending)
             } else {
-                tracing::debug!(
-                    "a token refresh that was given up on ended; its result is dropped"
-                );
+                shared.end_given_up(&mut sched, Instant::now(), ending);
                 Ok(())
             }
         };
@@ -409,17 +331,4 @@ async fn run(mut guard: FlightGuard, reason: Reason) {
     .instrument(span)
     .await;
     guard.report(Ending::Fetched(result));
-}
-
-/// Adds the time from `started` to `total` (nanoseconds) when dropped.
-struct WaitClock<'a> {
-    total: &'a AtomicU64,
-    pub(super) started: Instant,
-}
-
-impl Drop for WaitClock<'_> {
-    fn drop(&mut self) {
-        let waited = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.total.fetch_add(waited, Ordering::Relaxed);
-    }
 }

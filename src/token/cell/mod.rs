@@ -32,6 +32,7 @@ mod rejection;
 mod runtime;
 mod sched;
 mod slots;
+mod wait;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64};

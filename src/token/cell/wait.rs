@@ -1,0 +1,106 @@
+//! Waiting for a token: a caller that has none it can use kicks the refresh (or joins the one in
+//! flight) and waits for its outcome, bounded by the policy's wait timeout on every iteration;
+//! each iteration awaits something that takes time, so the loop cannot spin.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::time::Instant;
+
+use super::flight::{Ending, Kick, Reason};
+use super::runtime::Unusable;
+use super::{Shared, Usable};
+use crate::error::{Error, ErrorKind};
+use crate::token::policy::later;
+
+impl Shared {
+    /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
+    /// until the policy's wait timeout. Counts the wait and its time.
+    pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
+        // Before any timer is made: tokio panics on a runtime without timers.
+        self.runtimes.usable().map_err(Unusable::error)?;
+        self.unpark_refresher();
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        // Counted on drop: a wait whose caller gives up counts too.
+        let _clock = WaitClock {
+            total: &self.counters.wait_nanos,
+            started: Instant::now(),
+        };
+        self.wait_for_token(after).await
+    }
+
+    async fn wait_for_token(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
+        self.ensure_refresher();
+        let deadline = later(Instant::now(), self.policy.wait_timeout);
+        let timed_out = |why: &str| {
+            Error::new(
+                ErrorKind::WaitTimeout,
+                format!("no token within {:?}{why}", self.policy.wait_timeout),
+            )
+        };
+        // The first look always kicks, so that even a zero wait timeout starts the refresh that
+        // serves the callers after it.
+        let mut kicked = false;
+        loop {
+            let now = Instant::now();
+            if let Some(usable) = self.usable(now, after) {
+                return Ok(usable);
+            }
+            if kicked && now >= deadline {
+                return Err(timed_out(""));
+            }
+            kicked = true;
+            match self.kick(now, Reason::Empty, after) {
+                Kick::Ready => {}
+                Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
+                Kick::Running(mut flight) => {
+                    let look_again = flight.stalls_at(self).min(deadline);
+                    let outcome = flight.outcome.wait_for(Option::is_some);
+                    match tokio::time::timeout_at(look_again, outcome).await {
+                        Ok(Ok(outcome)) => {
+                            if let Some(Err(error)) = &*outcome {
+                                return Err(error.clone());
+                            }
+                        }
+                        // The guard always reports, so its sender cannot go first; if it did,
+                        // the flight is over without a result.
+                        Ok(Err(_)) => self.give_up(flight.id),
+                        // Time to see whether the flight still runs, or the deadline.
+                        Err(_) => {}
+                    }
+                }
+                Kick::Quiet {
+                    error: Some(error), ..
+                } => return Err(error),
+                Kick::Quiet { until, error: None } => {
+                    if until >= deadline {
+                        return Err(timed_out(": the next refresh attempt is due after that"));
+                    }
+                    tokio::time::sleep_until(until).await;
+                }
+                Kick::NoRuntime(why) => return Err(why.error()),
+            }
+        }
+    }
+
+    /// Ends flight `id`, if it is still the one in flight, as an attempt without a result.
+    fn give_up(&self, id: u64) {
+        let mut sched = self.lock();
+        if sched.flight.as_ref().is_some_and(|flight| flight.id == id) {
+            let _ = self.end_flight(&mut sched, Instant::now(), Ending::CutOff);
+        }
+    }
+}
+
+/// Adds the time from `started` to `total` (nanoseconds) when dropped.
+struct WaitClock<'a> {
+    total: &'a AtomicU64,
+    pub(super) started: Instant,
+}
+
+impl Drop for WaitClock<'_> {
+    fn drop(&mut self) {
+        let waited = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.total.fetch_add(waited, Ordering::Relaxed);
+    }
+}
