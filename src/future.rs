@@ -291,7 +291,8 @@ where
         // The answer before is not read.
         drop(last);
         cell.count_replay();
-        let response = send_again(copy, token.clone()).await?;
+        let (response, token) = send_again(copy, token, &cell).await?;
+        plan.sent_with(token.generation());
         if response.status() != StatusCode::UNAUTHORIZED {
             tracing::debug!(generation = token.generation(), "replayed after a 401");
             cell.confirm(token.generation());
@@ -302,18 +303,27 @@ where
     }
 }
 
-/// A copy of the request (see [`Retry::request`]), sent with `token`.
+/// A copy of the request (see [`Retry::request`]), sent with `token` once the service is ready;
+/// with the cell's token instead if `token` is no longer handed out by then (a readiness wait
+/// longer than its usable life, or a rejection meanwhile), so that no replay carries an expired
+/// or dropped token. Returns the token it was sent with.
 async fn send_again<S, B, ResBody>(
     (mut service, mut request): (S, Request<B>),
     token: TokenHeader,
-) -> Result<Response<ResBody>, BoxError>
+    cell: &TokenCell,
+) -> Result<(Response<ResBody>, TokenHeader), BoxError>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    crate::service::put_token(request.headers_mut(), token.value().clone());
     poll_fn(|cx| service.poll_ready(cx))
         .await
         .map_err(Into::into)?;
-    service.call(request).await.map_err(Into::into)
+    let token = match cell.header_of(token.generation()) {
+        Some(token) => token,
+        None => cell.token().await?,
+    };
+    crate::service::put_token(request.headers_mut(), token.value().clone());
+    let response = service.call(request).await.map_err(Into::into)?;
+    Ok((response, token))
 }

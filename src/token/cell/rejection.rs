@@ -114,6 +114,15 @@ impl RetryPlan {
         self.generation
     }
 
+    /// The request was sent again with the token of `generation` (a newer one than planned,
+    /// when the planned one ran out before the service was ready).
+    pub(crate) fn sent_with(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.waited = false;
+        }
+    }
+
     /// Judges a `401` to the request's last send (see [`TokenCell::judge_401`]).
     pub(crate) fn judge(&self, cell: &TokenCell, headers: &HeaderMap) -> Rejection {
         cell.judge_401(self.generation, headers, !self.waited)
