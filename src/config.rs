@@ -198,7 +198,10 @@ impl KoppeltaalAuthBuilder {
 
     /// Shares the token with the other instances of a deployment through `store` (for example
     /// a `RedisTokenStore`, feature `redis`), so that the whole deployment fetches one token per
-    /// lifetime instead of one per instance. See [`crate::store`].
+    /// lifetime instead of one per instance. See [`crate::store`]. The token is stored under the
+    /// token endpoint, client id and scope: with a custom [`token_source`](Self::token_source)
+    /// set a [`client_id`](Self::client_id) naming its identity (required then), so that two
+    /// sources never share one token.
     pub fn shared_store(mut self, store: impl SharedStore) -> Self {
         self.shared_store = Some(Box::new(store));
         self
@@ -212,7 +215,8 @@ impl KoppeltaalAuthBuilder {
     }
 
     /// Uses a custom [`TokenSource`] instead of the client credentials flow (for other grant
-    /// types, or fakes in tests). The client id, key and endpoint settings are then ignored.
+    /// types, or fakes in tests). The key and endpoint settings are then ignored, and the client
+    /// id too, except with a [`shared_store`](Self::shared_store), where it names the token.
     pub fn token_source(mut self, source: impl TokenSource) -> Self {
         self.source = Some(Box::new(source));
         self
@@ -290,16 +294,26 @@ impl KoppeltaalAuthBuilder {
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {
         let scope = FhirScope::new(base)?;
         let fhir_base: Arc<str> = self.fhir_base.clone().unwrap_or_default().into();
-        let store = self.shared_store.map(|shared| {
-            let key = StoreKey::new(
-                endpoint.clone().unwrap_or_else(|| fhir_base.to_string()),
-                self.credentials
-                    .get_client_id()
-                    .unwrap_or("custom-token-source"),
-                self.credentials.get_scope().map(str::to_owned),
-            );
-            (shared.for_key(&key), self.store_policy)
-        });
+        let store = match self.shared_store {
+            Some(shared) => {
+                // Without a client id, two custom sources (two identities) would share a token.
+                let client_id = self.credentials.get_client_id().ok_or_else(|| {
+                    Error::config(if self.source.is_some() {
+                        "a shared store with a custom token source needs client_id: it names \
+                         the source's token in the store"
+                    } else {
+                        "client_id is required"
+                    })
+                })?;
+                let key = StoreKey::new(
+                    endpoint.clone().unwrap_or_else(|| fhir_base.to_string()),
+                    client_id,
+                    self.credentials.get_scope().map(str::to_owned),
+                );
+                Some((shared.for_key(&key), self.store_policy))
+            }
+            None => None,
+        };
         #[cfg(feature = "opentelemetry")]
         let attributes = crate::metrics::cell_attributes(
             endpoint.as_deref(),

@@ -251,3 +251,46 @@ async fn an_adopted_token_expires_with_its_publishers_whatever_the_wall_clocks_s
     assert!(late.current().is_none());
     assert!(publisher.current().is_none());
 }
+
+/// One store per key, as Redis keeps one entry per key.
+#[derive(Clone, Default)]
+struct Keyed(Arc<std::sync::Mutex<std::collections::HashMap<String, MemoryTokenStore>>>);
+
+impl koppeltaal_auth::store::SharedStore for Keyed {
+    fn for_key(
+        &self,
+        key: &koppeltaal_auth::store::StoreKey,
+    ) -> Box<dyn koppeltaal_auth::store::TokenStore> {
+        let name = format!("{key:?}");
+        Box::new(self.0.lock().unwrap().entry(name).or_default().clone())
+    }
+}
+
+/// Two custom token sources (two identities) for one FHIR base and one store: without a client
+/// id naming each, they would share one entry (one used the other's token), so the builder
+/// refuses; with one each, each uses its own token.
+#[tokio::test(start_paused = true)]
+async fn two_custom_sources_never_share_a_token() {
+    let store = Keyed::default();
+    let build = |source: &FakeTokenSource, client_id: Option<&str>| {
+        let builder = koppeltaal_auth::KoppeltaalAuth::builder()
+            .fhir_base_url("https://fhir.example.org/fhir/DEFAULT")
+            .token_source(source.clone())
+            .shared_store(store.clone());
+        match client_id {
+            Some(id) => builder.client_id(id).build(),
+            None => builder.build(),
+        }
+    };
+    let (a, b) = (FakeTokenSource::new(), FakeTokenSource::new());
+    let err = build(&a, None).unwrap_err();
+    assert_eq!(err.kind(), koppeltaal_auth::ErrorKind::Config);
+    assert!(err.to_string().contains("client_id"), "{err}");
+    let role_a = build(&a, Some("role-a")).unwrap();
+    let role_b = build(&b, Some("role-b")).unwrap();
+    role_a.ready().await.unwrap();
+    role_b.ready().await.unwrap();
+    assert_eq!((a.fetches_completed(), b.fetches_completed()), (1, 1));
+    assert_eq!(role_b.stats().adopted_from_store, 0);
+    assert_eq!(store.0.lock().unwrap().len(), 2);
+}
