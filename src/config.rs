@@ -262,7 +262,16 @@ impl KoppeltaalAuthBuilder {
         let http = builder.credentials.http_client()?;
         // The auth server's clock is learned from the auth server only (its token responses),
         // never from the FHIR server's discovery answer.
-        let config = smart::discover_with(&http, base.as_str()).await?;
+        // Bounded whatever the HTTP client's own timeouts (a caller's builder may have none).
+        let bound = builder.credentials.request_bound();
+        let config = tokio::time::timeout(bound, smart::discover_with(&http, base.as_str()))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("the SMART configuration did not come within {bound:?}"),
+                )
+            })??;
         if let Some(key) = builder.credentials.get_keys().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {

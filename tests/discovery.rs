@@ -76,3 +76,52 @@ async fn discovered_endpoint_works_for_the_token_request() {
         .unwrap();
     assert!(source.fetch().await.is_ok());
 }
+
+/// A server that accepts connections and never answers, on a loopback port.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+/// A client from the caller's builder with no timeout of its own, and no `request_timeout`:
+/// discovery and token requests to a server that never answers used to hang for ever; they are
+/// cut off at `MAX_REQUEST_TIMEOUT` (5 minutes, on tokio's paused clock here).
+#[tokio::test(start_paused = true)]
+async fn a_callers_client_without_timeouts_cannot_hang_discovery_or_a_token_request() {
+    let (url, _server) = silent_server().await;
+    let started = tokio::time::Instant::now();
+    let err = koppeltaal_auth::KoppeltaalAuth::builder()
+        .fhir_base_url(format!("{url}/fhir"))
+        .client_id(CLIENT_ID)
+        .signing_key(rsa_key())
+        .http_client_builder(reqwest::Client::builder().no_proxy())
+        .discover()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        started.elapsed(),
+        koppeltaal_auth::token::MAX_REQUEST_TIMEOUT
+    );
+    let source = ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint(format!("{url}/token"))
+        .signing_key(rsa_key())
+        .http_client_builder(reqwest::Client::builder().no_proxy())
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let err = source.fetch().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        started.elapsed(),
+        koppeltaal_auth::token::MAX_REQUEST_TIMEOUT
+    );
+}

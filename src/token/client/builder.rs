@@ -25,6 +25,8 @@ pub struct ClientCredentialsBuilder {
     /// A client this crate built already (after discovery), reused for token requests.
     http: Option<reqwest::Client>,
     http_builder: Option<reqwest::ClientBuilder>,
+    /// Whether the HTTP client comes from the caller's builder (its timeouts are its own).
+    custom_http: bool,
     proxy: Option<reqwest::Proxy>,
     timeout: Option<Duration>,
 }
@@ -89,9 +91,13 @@ impl ClientCredentialsBuilder {
     /// token request must never be sent anywhere else: the assertion in it could be redeemed
     /// there). Its proxy settings are its own: reqwest reads the proxy environment variables
     /// unless you call `no_proxy()` on it. By default a client with no redirects, no proxy (none
-    /// from the environment either) and a 10 second timeout is built.
+    /// from the environment either) and a 10 second timeout is built. A builder's own timeouts
+    /// apply, unless [`request_timeout`](Self::request_timeout) is set; without either, each
+    /// token or discovery request is still cut off at [`MAX_REQUEST_TIMEOUT`] (5 minutes), so
+    /// that a server that never answers cannot hang it.
     pub fn http_client_builder(mut self, builder: reqwest::ClientBuilder) -> Self {
         self.http_builder = Some(builder);
+        self.custom_http = true;
         self.http = None;
         self
     }
@@ -155,6 +161,17 @@ impl ClientCredentialsBuilder {
         self
     }
 
+    /// The longest a token or discovery request may take: the request timeout if set, else
+    /// the default one for the default client, and [`MAX_REQUEST_TIMEOUT`] for a client from
+    /// the caller's builder (which may have shorter timeouts of its own, or none).
+    pub(crate) fn request_bound(&self) -> Duration {
+        self.timeout.unwrap_or(if self.custom_http {
+            MAX_REQUEST_TIMEOUT
+        } else {
+            DEFAULT_REQUEST_TIMEOUT
+        })
+    }
+
     fn request_timeout_checked(&self) -> Result<Duration, Error> {
         let timeout = self.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         if timeout.is_zero() || timeout > MAX_REQUEST_TIMEOUT {
@@ -176,6 +193,7 @@ impl ClientCredentialsBuilder {
     /// seconds.
     pub fn build(mut self) -> Result<ClientCredentials, Error> {
         let http = self.http_client()?;
+        let bound = self.request_bound();
         let client_id = self
             .client_id
             .ok_or_else(|| Error::config("client_id is required"))?;
@@ -211,6 +229,7 @@ impl ClientCredentialsBuilder {
                 scope: self.scope,
                 default_lifetime,
                 skew: Arc::default(),
+                bound,
             }),
         })
     }

@@ -70,6 +70,8 @@ struct Inner {
     scope: Option<String>,
     default_lifetime: Duration,
     skew: Arc<ClockSkew>,
+    /// The longest one token request may take, whatever the HTTP client's own timeouts.
+    bound: Duration,
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -138,26 +140,39 @@ impl ClientCredentials {
         )?;
         let body = form::token_request_body(assertion.as_str(), inner.scope.as_deref());
         let started = Instant::now();
-        let response = inner
-            .http
-            .post(inner.token_endpoint.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| Error::from_reqwest("token request failed", err))?;
+        let exchange = async {
+            let response = inner
+                .http
+                .post(inner.token_endpoint.clone())
+                .header(http::header::ACCEPT, "application/json")
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body)
+                .send()
+                .await
+                .map_err(|err| Error::from_reqwest("token request failed", err))?;
+            inner.skew.observe(response.headers(), SystemTime::now());
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = read_limited(response, MAX_BODY).await?;
+            Ok::<_, Error>((status, headers, body))
+        };
+        // Bounded whatever the HTTP client's own timeouts (a caller's builder may have none).
+        let (status, headers, body) =
+            tokio::time::timeout(inner.bound, exchange)
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!("the token endpoint did not answer within {:?}", inner.bound),
+                    )
+                })??;
         // The token's life is counted from when the request went out, not from the answer:
         // the server counts from some moment in between, so a slow answer only makes the token
         // expire early here, never late.
         let received_at = started;
-        inner.skew.observe(response.headers(), SystemTime::now());
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_limited(response, MAX_BODY).await?;
         tracing::debug!(
             status = status.as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
