@@ -296,6 +296,13 @@ impl KoppeltaalAuthBuilder {
             .fhir_base
             .as_deref()
             .ok_or_else(|| Error::config("fhir_base_url is required"))?;
+        if crate::endpoint::has_stray_bytes(base) {
+            // The URL parser would drop them, but `fhir_base_url()` hands the text back as set.
+            return Err(Error::config(
+                "FHIR base URL holds whitespace or a control character (a trailing newline from \
+                 a file or a secret?)",
+            ));
+        }
         Url::parse(base)
             .map_err(|err| Error::config("FHIR base URL is not an absolute URL").with_source(err))
     }

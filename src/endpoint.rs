@@ -19,10 +19,25 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 /// Parses an absolute endpoint URL and requires HTTPS, except for loopback hosts (tests and the
 /// mock server): bearer tokens and client assertions are credentials.
 pub(crate) fn parse_secure_url(what: &'static str, input: &str) -> Result<Url, Error> {
+    if has_stray_bytes(input) {
+        return Err(Error::config(format!(
+            "{what} holds whitespace or a control character (a trailing newline from a file or \
+             a secret?)"
+        )));
+    }
     let url = Url::parse(input)
         .map_err(|err| Error::config(format!("{what} is not an absolute URL")).with_source(err))?;
     check_secure(what, &url)?;
     Ok(url)
+}
+
+/// Whether `input` holds ASCII whitespace or a control character. A URL parser drops them
+/// silently (leading and trailing ones, and tabs and newlines anywhere), while a token endpoint
+/// goes into the assertion's `aud` as written, which the server compares byte for byte.
+pub(crate) fn has_stray_bytes(input: &str) -> bool {
+    input
+        .bytes()
+        .any(|byte| byte.is_ascii_whitespace() || byte.is_ascii_control())
 }
 
 pub(crate) fn check_secure(what: &'static str, url: &Url) -> Result<(), Error> {
@@ -70,6 +85,9 @@ mod tests {
             "http://10.0.0.1/token",
             "ftp://auth.example.org/token",
             "/relative/token",
+            "https://auth.example.org/token\n",
+            " https://auth.example.org/token",
+            "https://auth.example.org/to\tken",
             "https://user:pw@auth.example.org/token",
             "https://auth.example.org/token#frag",
             "not a url",

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::endpoint::{check_secure, parse_secure_url};
+use crate::endpoint::{check_secure, has_stray_bytes, parse_secure_url};
 use crate::error::{Error, ErrorKind};
 use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
 use crate::key::Algorithm;
@@ -119,16 +119,34 @@ impl SmartConfiguration {
 
 /// Resolves a published token endpoint: an absolute URL stays byte for byte as published (the
 /// reference server compares `aud` as a string), a relative one is resolved against the base.
+///
+/// Plain `http` is allowed for a loopback token endpoint only when the FHIR base is on loopback
+/// too (the mock): an `https` server may not send the assertion to a plain port on this machine.
 fn resolve(endpoint: &str, fhir_base: &Url) -> Result<String, Error> {
-    if let Ok(url) = Url::parse(endpoint) {
-        check_secure("token endpoint", &url)?;
-        return Ok(endpoint.to_owned());
+    if has_stray_bytes(endpoint) {
+        return Err(Error::new(
+            ErrorKind::Discovery,
+            "token_endpoint holds whitespace or a control character",
+        ));
     }
-    let url = directory(fhir_base).join(endpoint).map_err(|err| {
-        Error::new(ErrorKind::Discovery, "token_endpoint is not a URL").with_source(err)
-    })?;
+    let (url, published) = match Url::parse(endpoint) {
+        Ok(url) => (url, endpoint.to_owned()),
+        Err(_) => {
+            let url = directory(fhir_base).join(endpoint).map_err(|err| {
+                Error::new(ErrorKind::Discovery, "token_endpoint is not a URL").with_source(err)
+            })?;
+            let resolved = url.to_string();
+            (url, resolved)
+        }
+    };
     check_secure("token endpoint", &url)?;
-    Ok(url.into())
+    if url.scheme() == "http" && fhir_base.scheme() != "http" {
+        return Err(Error::new(
+            ErrorKind::Discovery,
+            "an https FHIR server published a plain-http token endpoint",
+        ));
+    }
+    Ok(published)
 }
 
 /// The base as a directory, so that joining appends instead of replacing the last segment.
@@ -278,12 +296,38 @@ mod tests {
                 ErrorKind::Config,
                 "https",
             ),
+            // An https server pointing the assertion at a plain port on this machine.
+            (
+                r#"{"token_endpoint":"http://127.0.0.1:15000/admin"}"#,
+                ErrorKind::Discovery,
+                "plain-http",
+            ),
+            (
+                r#"{"token_endpoint":"/oauth2/token\n"}"#,
+                ErrorKind::Discovery,
+                "whitespace",
+            ),
+            (
+                r#"{"token_endpoint":"https://auth.example.org/token "}"#,
+                ErrorKind::Discovery,
+                "whitespace",
+            ),
         ];
         for (doc, kind, expected) in cases {
             let err = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap_err();
             assert_eq!(err.kind(), *kind, "{doc}");
             assert!(err.to_string().contains(expected), "{doc}: {err}");
         }
+    }
+
+    #[test]
+    fn a_loopback_fhir_base_may_use_a_plain_http_loopback_token_endpoint() {
+        let config = SmartConfiguration::from_json(
+            br#"{"token_endpoint":"http://127.0.0.1:15000/token"}"#,
+            &base("http://127.0.0.1:15000/fhir"),
+        )
+        .unwrap();
+        assert_eq!(config.token_endpoint, "http://127.0.0.1:15000/token");
     }
 
     #[test]

@@ -125,3 +125,38 @@ async fn a_callers_client_without_timeouts_cannot_hang_discovery_or_a_token_requ
         koppeltaal_auth::token::MAX_REQUEST_TIMEOUT
     );
 }
+
+/// A URL read from a file or a secret with a trailing newline: the URL parser would drop it
+/// silently, but the text goes on as set (the token endpoint into the assertion's `aud`, which
+/// the server compares byte for byte: a bare 401 that looks like bad credentials). Refused.
+#[test]
+fn urls_with_whitespace_or_control_characters_are_configuration_errors() {
+    for (base, endpoint) in [
+        (
+            "https://fhir.example.org/fhir\n",
+            "https://auth.example.org/token",
+        ),
+        (
+            "https://fhir.example.org/fhir",
+            "https://auth.example.org/token\n",
+        ),
+        (
+            "https://fhir.example.org/fhir",
+            " https://auth.example.org/token",
+        ),
+        (
+            "https://fhir.example.org/fh\tir",
+            "https://auth.example.org/token",
+        ),
+    ] {
+        let err = koppeltaal_auth::KoppeltaalAuth::builder()
+            .fhir_base_url(base)
+            .client_id(CLIENT_ID)
+            .signing_key(rsa_key())
+            .token_endpoint(endpoint)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{base:?} {endpoint:?}");
+        assert!(err.to_string().contains("whitespace"), "{err}");
+    }
+}
