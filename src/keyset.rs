@@ -91,6 +91,12 @@ impl KeySet {
         self
     }
 
+    /// The propagation delay (see [`with_propagation_delay`](Self::with_propagation_delay)).
+    #[must_use]
+    pub fn propagation_delay(&self) -> Duration {
+        self.read().delay
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }

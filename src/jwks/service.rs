@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet};
+use crate::keyset::KeySet;
 
 /// A tower [`Service`] serving the public JWK Set of a [`KeySet`], for the JWKS URL registered in
 /// Koppeltaal domain management.
@@ -41,25 +41,34 @@ use crate::keyset::{DEFAULT_PROPAGATION_DELAY, KeySet};
 #[derive(Clone, Debug)]
 pub struct JwksService {
     keys: KeySet,
-    cache_control: HeaderValue,
+    max_age: Option<Duration>,
 }
 
 impl JwksService {
-    /// Serves `keys` with `max-age` 60 s (the default propagation delay).
+    /// Serves `keys` with a `max-age` of the key set's propagation delay (60 s by default,
+    /// `DEFAULT_PROPAGATION_DELAY`), read at every response, so that no cached copy of the set
+    /// outlives the delay after which a newly published key signs.
     #[must_use]
     pub fn new(keys: KeySet) -> Self {
         Self {
             keys,
-            cache_control: cache_control(DEFAULT_PROPAGATION_DELAY),
+            max_age: None,
         }
     }
 
-    /// Sets the `max-age` of the `Cache-Control` header. Keep it no longer than the key set's
-    /// propagation delay, or the auth server may not know a new key when it starts signing.
+    /// Sets a shorter `max-age` for the `Cache-Control` header. A longer one than the key set's
+    /// propagation delay is cut to it: the auth server could otherwise not know a new key when
+    /// it starts signing.
     #[must_use]
     pub fn max_age(mut self, max_age: Duration) -> Self {
-        self.cache_control = cache_control(max_age);
+        self.max_age = Some(max_age);
         self
+    }
+
+    /// The `max-age` served now.
+    fn served_max_age(&self) -> Duration {
+        let delay = self.keys.propagation_delay();
+        self.max_age.map_or(delay, |max_age| max_age.min(delay))
     }
 
     fn respond(&self, method: &Method) -> Response<Full<Bytes>> {
@@ -75,7 +84,7 @@ impl JwksService {
         let body = serde_json::to_vec(&self.keys.jwks()).unwrap_or_default();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        headers.insert(CACHE_CONTROL, cache_control(self.served_max_age()));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         if method == Method::GET {
             *response.body_mut() = Full::new(Bytes::from(body));
@@ -124,7 +133,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn serves_the_public_set_and_reflects_rotation() {
-        let keys = KeySet::new(rsa_key());
+        let keys = KeySet::new(rsa_key()).with_propagation_delay(Duration::from_secs(180));
         let mut service = JwksService::new(keys.clone()).max_age(Duration::from_secs(120));
         let (response, body) = call(&mut service, Method::GET).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -147,6 +156,24 @@ mod tests {
             for private in ["d", "p", "q", "dp", "dq", "qi", "oth", "k"] {
                 assert!(key.get(private).is_none(), "{private} served");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_copy_of_the_set_is_cached_longer_than_the_propagation_delay() {
+        // The default: the key set's delay, read at every response.
+        let keys = KeySet::new(rsa_key()).with_propagation_delay(Duration::from_secs(10));
+        let mut service = JwksService::new(keys.clone());
+        let (response, _) = call(&mut service, Method::GET).await;
+        assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=10");
+        let _ = keys.clone().with_propagation_delay(Duration::from_secs(30));
+        let (response, _) = call(&mut service, Method::GET).await;
+        assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=30");
+        // A longer max-age than the delay is cut to it, also Duration::MAX.
+        for max_age in [Duration::from_secs(60), Duration::MAX] {
+            let mut service = JwksService::new(keys.clone()).max_age(max_age);
+            let (response, _) = call(&mut service, Method::GET).await;
+            assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=30");
         }
     }
 
