@@ -138,3 +138,19 @@ async fn no_proxy_from_the_environment_and_no_redirect_for_token_requests() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A proxy and a client builder together: the proxy would be dropped (the builder's client is
+/// used as it is) and token requests would go direct, so the build refuses.
+#[test]
+fn a_proxy_with_a_client_builder_is_a_configuration_error() {
+    let err = ClientCredentials::builder()
+        .client_id(CLIENT_ID)
+        .token_endpoint("https://auth.example.org/token")
+        .signing_key(rsa_key())
+        .proxy(reqwest::Proxy::all("http://proxy.example.org:3128").unwrap())
+        .http_client_builder(reqwest::Client::builder().no_proxy())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("proxy"), "{err}");
+}

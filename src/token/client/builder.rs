@@ -103,8 +103,9 @@ impl ClientCredentialsBuilder {
     }
 
     /// Sends token requests through `proxy` (the default client uses none, and ignores the
-    /// proxy environment variables). Not used with
-    /// [`http_client_builder`](Self::http_client_builder): configure the proxy on that.
+    /// proxy environment variables). Not together with
+    /// [`http_client_builder`](Self::http_client_builder) (a configuration error: configure the
+    /// proxy on that builder).
     pub fn proxy(mut self, proxy: reqwest::Proxy) -> Self {
         self.proxy = Some(proxy);
         self
@@ -141,6 +142,13 @@ impl ClientCredentialsBuilder {
             return Ok(http.clone());
         }
         let timeout = self.request_timeout_checked()?;
+        if self.http_builder.is_some() && self.proxy.is_some() {
+            // The proxy would be dropped: the requests would go direct, unknown to the caller.
+            return Err(Error::config(
+                "proxy(..) is not used with http_client_builder(..): set the proxy on that \
+                 builder",
+            ));
+        }
         let http = match self.http_builder.take() {
             Some(builder) => {
                 let builder = match self.timeout {
