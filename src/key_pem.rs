@@ -230,6 +230,42 @@ enum PemKind {
     Pkcs8,
 }
 
+/// Largest key file read: PEM keys are a few kilobytes (an RSA 8192-bit key about 6.5 KiB).
+const MAX_KEY_FILE: usize = 1 << 20;
+
+/// Reads a key file, at most [`MAX_KEY_FILE`] bytes, into a buffer that is wiped when it grows
+/// and when it is dropped: no freed block keeps a piece of the key, whatever the file is (a pipe
+/// or `/dev/stdin` has no size to allocate for up front), and a device that never ends
+/// (`/dev/zero`) is an error, not an exhausted memory.
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    use std::io::Read;
+    let failed = |err| Error::key(format!("cannot read {}", path.display())).with_source(err);
+    let mut file = std::fs::File::open(path).map_err(failed)?;
+    let size = file
+        .metadata()
+        .ok()
+        .and_then(|meta| usize::try_from(meta.len()).ok())
+        .unwrap_or(0);
+    let mut pem = Zeroizing::new(Vec::with_capacity(size.min(MAX_KEY_FILE)));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let read = match file.read(&mut chunk[..]) {
+            Ok(0) => return Ok(pem),
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(failed(err)),
+        };
+        if pem.len() + read > MAX_KEY_FILE {
+            return Err(Error::key(format!(
+                "{} is larger than {} KiB: not a key file",
+                path.display(),
+                MAX_KEY_FILE / 1024
+            )));
+        }
+        crate::wipe::extend(&mut pem, &chunk[..read], MAX_KEY_FILE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,10 +145,12 @@ impl SigningKey {
     }
 
     /// Reads a PEM file and loads it as [`from_pem_with_algorithm`](Self::from_pem_with_algorithm).
+    /// What it reads is wiped from memory, also when the file is a pipe.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Key`](crate::ErrorKind::Key) when the file cannot be read, and as
+    /// [`ErrorKind::Key`](crate::ErrorKind::Key) when the file cannot be read or is over 1 MiB
+    /// (no key is), and as
     /// [`from_pem_with_algorithm`](Self::from_pem_with_algorithm).
     pub fn from_pem_file(
         path: impl AsRef<std::path::Path>,
@@ -156,9 +158,7 @@ impl SigningKey {
         kid: impl Into<KeyId>,
     ) -> Result<Self, Error> {
         let path = path.as_ref();
-        let pem = Zeroizing::new(std::fs::read(path).map_err(|err| {
-            Error::key(format!("cannot read {}", path.display())).with_source(err)
-        })?);
+        let pem = key_pem::read_key_file(path)?;
         Self::from_pem_with_algorithm(&*pem, alg, kid)
     }
 

@@ -219,3 +219,16 @@ fn algorithm_names_parse() {
     );
     assert_eq!(Algorithm::default(), Algorithm::RS512);
 }
+
+#[test]
+fn a_key_file_that_never_ends_is_an_error_not_an_exhausted_memory() {
+    #[cfg(unix)]
+    {
+        let err = SigningKey::from_pem_file("/dev/zero", Algorithm::RS512, "k").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Key);
+        assert!(err.to_string().contains("not a key file"), "{err}");
+    }
+    let err = SigningKey::from_pem_file("/no/such/key.pem", Algorithm::RS512, "k").unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::Key);
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}
