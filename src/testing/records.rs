@@ -1,5 +1,7 @@
 //! What the mock servers saw: counters and request logs.
 
+use std::fmt;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -32,8 +34,9 @@ pub struct MockStats {
     pub jwks_fetches: u64,
 }
 
-/// A request the FHIR endpoint received; see [`MockKoppeltaal::fhir_requests`].
-#[derive(Clone, Debug)]
+/// A request the FHIR endpoint received; see [`MockKoppeltaal::fhir_requests`]. `Debug` shows
+/// no `Authorization` value (a bearer token).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ReceivedRequest {
     /// The method.
@@ -55,8 +58,9 @@ pub struct ReceivedRequest {
     pub trace: crate::trace::TraceIds,
 }
 
-/// A token request the token endpoint received; see [`MockKoppeltaal::token_requests`].
-#[derive(Clone, Debug)]
+/// A token request the token endpoint received; see [`MockKoppeltaal::token_requests`]. `Debug`
+/// shows no assertion (a credential until it expires), only its decoded header and claims.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct TokenRequest {
     /// The form parameter names, in order (`client_assertion` included, its value not).
@@ -89,4 +93,92 @@ pub struct IssuedToken {
     pub fhir_requests: u64,
     /// Whether it was revoked.
     pub revoked: bool,
+}
+
+impl fmt::Debug for ReceivedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if name == http::header::AUTHORIZATION {
+                    "[redacted]"
+                } else {
+                    value.to_str().unwrap_or("[not text]")
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("ReceivedRequest")
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("headers", &headers)
+            .field("body_len", &self.body.len())
+            .field("token_number", &self.token_number)
+            .field("status", &self.status)
+            .field("trace", &self.trace)
+            .finish()
+    }
+}
+
+impl fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("params", &self.params)
+            .field("scope", &self.scope)
+            .field("assertion", &self.assertion.as_ref().map(|_| "[redacted]"))
+            .field("assertion_header", &self.assertion_header)
+            .field("assertion_claims", &self.assertion_claims)
+            .field("received_at", &self.received_at)
+            .field("status", &self.status)
+            .field("refusal", &self.refusal)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_token_and_no_assertion() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Bearer secret-token".parse().unwrap(),
+        );
+        headers.insert(
+            http::header::ACCEPT,
+            "application/fhir+json".parse().unwrap(),
+        );
+        let request = ReceivedRequest {
+            method: Method::GET,
+            path_and_query: "/fhir/Patient".to_owned(),
+            headers,
+            body: Bytes::new(),
+            token_number: Some(1),
+            status: StatusCode::OK,
+            trace: crate::trace::TraceIds::new(None, None, None),
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("secret-token") && shown.contains("application/fhir+json"),
+            "{shown}"
+        );
+        let token = TokenRequest {
+            params: vec!["client_assertion".to_owned()],
+            scope: None,
+            assertion: Some("eyJsecret.assertion.sig".to_owned()),
+            assertion_header: None,
+            assertion_claims: None,
+            received_at: Instant::now(),
+            status: StatusCode::OK,
+            refusal: None,
+        };
+        let shown = format!("{token:?}");
+        assert!(
+            !shown.contains("eyJsecret") && shown.contains("[redacted]"),
+            "{shown}"
+        );
+    }
 }
