@@ -40,7 +40,8 @@ pub struct SmartConfiguration {
     /// `issuer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// `jwks_uri`: the auth server's own keys.
+    /// `jwks_uri`: the auth server's own keys. As published, not checked (the crate does not
+    /// use it): check it is `https` before you fetch keys from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     /// `token_endpoint_auth_methods_supported`; `None` when absent.
@@ -58,7 +59,8 @@ pub struct SmartConfiguration {
     /// `capabilities`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
-    /// `introspection_endpoint` (TOP-KT-021).
+    /// `introspection_endpoint` (TOP-KT-021). As published, not checked (the crate does not use
+    /// it): check it is `https` before you send an assertion or a token to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection_endpoint: Option<String>,
     /// Every other member, untouched.
