@@ -95,18 +95,8 @@ async fn refresh_client_jwks(shared: &Shared, body: &[u8]) {
     };
     let Some(url) = url else { return };
     let fetched = async {
-        // No proxy from the environment: the mock is a loopback server.
-        let response = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .ok()?
-            .get(&url)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .ok()?;
-        let max_age = response
-            .headers()
+        let (jwks, headers) = super::external::fetch_jwks(&url).await?;
+        let max_age = headers
             .get(http::header::CACHE_CONTROL)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| {
@@ -116,7 +106,6 @@ async fn refresh_client_jwks(shared: &Shared, body: &[u8]) {
                     .and_then(|secs| secs.parse::<u64>().ok())
             })
             .unwrap_or(0);
-        let jwks = response.json::<jsonwebtoken::jwk::JwkSet>().await.ok()?;
         Some((jwks, std::time::Duration::from_secs(max_age)))
     }
     .await;

@@ -33,15 +33,29 @@ pub(super) async fn ensure_jwks(shared: &Shared) {
             _ => return,
         }
     };
-    let fetched = async {
-        let client = reqwest::Client::builder().no_proxy().build().ok()?;
-        let response = client.get(url).send().await.ok()?;
-        response.json::<jsonwebtoken::jwk::JwkSet>().await.ok()
-    }
-    .await;
+    let fetched = fetch_jwks(&url).await.map(|(jwks, _)| jwks);
     if let (Some(jwks), Some(external)) = (fetched, shared.lock().external.as_mut()) {
         external.jwks = Some(jwks);
     }
+}
+
+/// Fetches a JWK Set as an auth server would: no proxy (the mock is a loopback server), no
+/// redirects, the token client's timeout and body limit, so that a JWKS URL that hangs or
+/// streams for ever cannot hold up the requests waiting for it. Also the response's headers
+/// (for its `Cache-Control`).
+pub(super) async fn fetch_jwks(url: &str) -> Option<(jsonwebtoken::jwk::JwkSet, http::HeaderMap)> {
+    let client = crate::fetch::default_client(crate::fetch::DEFAULT_REQUEST_TIMEOUT, None).ok()?;
+    let response = client
+        .get(url)
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .ok()?;
+    let headers = response.headers().clone();
+    let body = crate::fetch::read_limited(response, crate::fetch::MAX_BODY)
+        .await
+        .ok()?;
+    Some((serde_json::from_slice(&body).ok()?, headers))
 }
 
 /// Whether `token` is a valid token of `external` at `now` (the FHIR endpoint's clock).
