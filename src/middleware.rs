@@ -59,9 +59,9 @@ impl Authenticator {
 
 impl Authenticator {
     /// A redirect policy for the `reqwest::Client` under the middleware (feature
-    /// `reqwest-middleware`): up to 10 redirects, except that a redirect from a URL under the
-    /// FHIR base to one outside it on the same origin is not followed (its `3xx` response is
-    /// returned).
+    /// `reqwest-middleware`): up to 10 redirects, except that a request to the FHIR base is not
+    /// redirected out of it by a hop that keeps the origin of the URL before it (the `3xx`
+    /// response is returned): reqwest would send the token along on such a hop.
     ///
     /// reqwest follows redirects inside the client, below the middleware, and keeps the
     /// `Authorization` header when a redirect stays on the same origin (scheme, host and port):
@@ -84,15 +84,23 @@ impl Authenticator {
     pub fn redirect_policy(&self) -> reqwest::redirect::Policy {
         let shared = Arc::clone(&self.shared);
         reqwest::redirect::Policy::custom(move |attempt| {
-            let leaves_the_base = attempt.previous().last().is_some_and(|from| {
-                shared.scope.matches_url(from)
-                    && !shared.scope.matches_url(attempt.url())
-                    && from.origin() == attempt.url().origin()
-            });
+            // reqwest sends every hop with the first request's headers, taking `Authorization`
+            // out only when the hop changes origin from the URL before it: after a hop to another
+            // origin, a second hop within that origin carries the token again. So a chain that
+            // started under the base stops at any hop out of it that keeps the origin of the URL
+            // before it (a hop to another origin goes without the token, and is followed).
+            let previous = attempt.previous();
+            let leaves_the_base = previous
+                .first()
+                .is_some_and(|first| shared.scope.matches_url(first))
+                && !shared.scope.matches_url(attempt.url())
+                && previous
+                    .last()
+                    .is_some_and(|from| from.origin() == attempt.url().origin());
             if leaves_the_base {
                 tracing::warn!(
-                    "a redirect from the FHIR base to elsewhere on its server is not followed: \
-                     the token would go along"
+                    "a redirect of a FHIR request out of the FHIR base is not followed: the \
+                     token could go along"
                 );
                 attempt.stop()
             } else if attempt.previous().len() > MAX_REDIRECTS {

@@ -279,6 +279,26 @@ async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
         assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT, "{to}");
         assert_eq!(server.seen().len(), before + 1, "{to}: not followed");
     }
+    // Two hops: to another origin (followed: reqwest drops the token), then within that origin,
+    // where reqwest puts the first request's headers back: the token, without the policy.
+    let elsewhere = RecordingServer::start().await;
+    let two_hops = |client: &ClientWithMiddleware| {
+        let target = format!("{}?to={}", elsewhere.url("/a"), elsewhere.url("/b"));
+        client.get(server.url(&format!("/fhir/DEFAULT/Patient/1?to={target}")))
+    };
+    two_hops(&client(&auth)).send().await.unwrap();
+    let seen = elsewhere.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].authorization.is_none(), "{seen:?}");
+    assert!(
+        seen[1].authorization.is_some(),
+        "{seen:?}: reqwest's own policy"
+    );
+    let response = two_hops(&guarded).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    let seen = elsewhere.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}: the second hop is not followed");
+    assert!(seen[2].authorization.is_none(), "{seen:?}");
     // Within the base: followed, with the token.
     let response = guarded
         .get(away("/fhir/DEFAULT/Patient/2"))
