@@ -277,3 +277,49 @@ fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
     assert_eq!(cell.current().map(|token| token.generation()), Some(2));
     assert_eq!(cell.stats().fetches_ok, 2);
 }
+
+/// The same, but the token that replaced the stalled renewal's is rejected before the stalled
+/// one ends: a token fetched before a rejection may be refused too (a revocation of all
+/// tokens), so the late one is not used.
+#[test]
+fn a_token_from_a_refresh_given_up_on_is_not_used_after_a_rejection() {
+    let source = FakeTokenSource::new();
+    let idle = paused_runtime();
+    let cell = idle.block_on(async {
+        let cell = TokenCell::new(
+            source.clone(),
+            RefreshPolicy::default().background_refresh(false),
+        );
+        cell.ready().await.unwrap();
+        source.close_gate();
+        assert!(cell.invalidate(1));
+        while source.fetches_started() < 2 {
+            tokio::task::yield_now().await;
+        }
+        cell
+    });
+    let other = paused_runtime();
+    other.block_on(async {
+        // Gives up on the stalled renewal, fetches its own: generation 2, then rejected.
+        let waiting = tokio::spawn({
+            let cell = cell.clone();
+            async move { cell.token().await.map(|token| token.generation()) }
+        });
+        while source.fetches_started() < 3 {
+            tokio::time::sleep(ms(100)).await;
+        }
+        source.open_gate();
+        assert_eq!(waiting.await.unwrap().unwrap(), 2);
+        assert!(cell.invalidate(2));
+    });
+    idle.block_on(async {
+        while source.fetches_completed() < 3 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(
+        cell.current().is_none(),
+        "the late token, fetched before the rejection"
+    );
+    assert_eq!(cell.stats().fetches_ok, 2);
+}

@@ -248,6 +248,7 @@ impl Shared {
         // the previous one was refused: it may be refused as well, and the store holds the
         // newest token, not the one it replaced).
         sched.rejected = Some(shared_fetch::digest(cached.token.as_str()));
+        sched.rejected_at = Some(now);
         let _ = self.current.compare_and_swap(&*guard, None);
         self.slots.clear();
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);

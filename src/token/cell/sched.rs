@@ -25,6 +25,9 @@ pub(super) struct Sched {
     /// SHA-256 of the token the server last rejected, so that it is never taken back from a
     /// shared store.
     pub(super) rejected: Option<[u8; 32]>,
+    /// When the server last rejected a token: a token fetched before then may be refused too
+    /// (a revocation of all tokens).
+    pub(super) rejected_at: Option<Instant>,
     /// The last reading of the FHIR server's clock.
     pub(super) fhir_clock: Option<FhirClock>,
     /// The generation whose `401`s wait for the FHIR server's clock, and until when.
