@@ -323,3 +323,41 @@ fn a_token_from_a_refresh_given_up_on_is_not_used_after_a_rejection() {
     );
     assert_eq!(cell.stats().fetches_ok, 2);
 }
+
+/// A token endpoint that takes 11 s to answer, its 20 s tokens counted from when each request
+/// went out (as `ClientCredentials` counts them).
+#[derive(Clone, Default)]
+struct SlowEndpoint(Arc<std::sync::Mutex<Vec<Instant>>>);
+
+impl koppeltaal_auth::TokenSource for SlowEndpoint {
+    fn fetch(
+        &self,
+    ) -> koppeltaal_auth::token::BoxFuture<
+        '_,
+        Result<koppeltaal_auth::AccessToken, koppeltaal_auth::Error>,
+    > {
+        Box::pin(async move {
+            let asked = Instant::now();
+            self.0.lock().unwrap().push(asked);
+            tokio::time::sleep(ms(11_000)).await;
+            koppeltaal_auth::AccessToken::new("slow", secs(20), asked)
+        })
+    }
+}
+
+/// With the slow endpoint the refresh point (10 s after the request went out) has passed when
+/// the token arrives: the next fetch used to start at once, back to back. A token is used for a
+/// tenth of its lifetime first.
+#[tokio::test(start_paused = true)]
+async fn a_slow_token_endpoint_is_not_asked_again_the_moment_it_answers() {
+    let source = SlowEndpoint::default();
+    let cell = TokenCell::new(source.clone(), RefreshPolicy::default().refresh_jitter(0.0));
+    cell.ready().await.unwrap();
+    tokio::time::sleep(secs(60)).await;
+    let starts = source.0.lock().unwrap().clone();
+    assert!(starts.len() >= 4, "{starts:?}");
+    for pair in starts.windows(2) {
+        // 11 s for the fetch, then 2 s (a tenth of 20 s) of use.
+        assert!(pair[1] - pair[0] >= secs(13), "{:?}", pair[1] - pair[0]);
+    }
+}

@@ -18,7 +18,7 @@ use super::sched::Sched;
 use super::{CachedToken, Shared, TokenHeader};
 use crate::error::{Error, ErrorKind};
 use crate::token::AccessToken;
-use crate::token::policy::{later, random_fraction};
+use crate::token::policy::{MAX_REFRESH_AHEAD_SHARE, later, random_fraction};
 use crate::token::shared_fetch::{self, Via};
 
 /// How often a running attempt shows that its task is being run.
@@ -217,10 +217,15 @@ impl Shared {
         let ahead = self.policy.refresh_ahead_for(lifetime, random_fraction());
         // Not before the FHIR server takes the token: a refresh is "done" until then (see
         // `ready_at`), so an earlier refresh point would be due, and do nothing, over and over.
+        // Nor within a tenth of the lifetime from now: a slow token endpoint (the lifetime counts
+        // from when the request went out) would otherwise install tokens already due, and fetch
+        // back to back.
+        let soonest = later(now, lifetime.mul_f64(1.0 - MAX_REFRESH_AHEAD_SHARE)).min(usable_until);
         let refresh_at = expires_at
             .checked_sub(ahead)
             .unwrap_or(received_at)
-            .max(valid_from);
+            .max(valid_from)
+            .max(soonest);
         tracing::debug!(
             generation = sched.generation,
             lifetime_s = lifetime.as_secs_f64(),
