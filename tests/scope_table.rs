@@ -41,6 +41,12 @@ const CASES: &[(&str, bool, bool)] = &[
     ("/fhir/DEFAULT/..%00/OTHER/Patient", false, false),
     ("/fhir/DEFAULT/%u002e%u002e/OTHER/Patient", false, false),
     ("/fhir/DEFAULT/%U002E./OTHER/Patient", false, false),
+    (
+        "/fhir/DEFAULT/x%u002f..%u002f..%u002fOTHER/Patient",
+        false,
+        false,
+    ),
+    ("/fhir/DEFAULT/..%00x/OTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%2fOTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%2FOTHER/Patient", false, false),
     ("/fhir/DEFAULT/..%5cOTHER/Patient", false, false),

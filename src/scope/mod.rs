@@ -223,21 +223,33 @@ fn is_plain_segment(segment: &[u8]) -> bool {
     !is_dot_segment(name)
 }
 
-/// `%2f`, `%2F`, `%5c` or `%5C` in `segment`.
+/// `%2f` or `%5c` in `segment`, in any case, or their `%u002f` and `%u005c` forms (which IIS
+/// and old Jetty decode, as they do `%u002e`).
 fn has_encoded_separator(segment: &[u8]) -> bool {
-    segment.windows(3).any(|window| {
-        window[0] == b'%'
-            && matches!(
-                (window[1], window[2]),
-                (b'2', b'f' | b'F') | (b'5', b'c' | b'C')
-            )
+    segment.iter().enumerate().any(|(at, &byte)| {
+        let rest = &segment[at..];
+        byte == b'%'
+            && (rest.get(1..3).is_some_and(|hex| {
+                hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c")
+            }) || rest.get(1..6).is_some_and(|hex| {
+                hex.eq_ignore_ascii_case(b"u002f") || hex.eq_ignore_ascii_case(b"u005c")
+            }))
     })
 }
 
 /// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), in the
-/// `%u002e` form (IIS, and Jetty before 9.4.43, decode it), or with encoded NULs (`..%00`: Jetty
-/// cut the segment there, CVE-2021-34429).
+/// `%u002e` form (IIS, and Jetty before 9.4.43, decode it), or around encoded NULs (`..%00`,
+/// CVE-2021-34429): whether a server drops the NULs or cuts the segment at the first one.
 fn is_dot_segment(bytes: &[u8]) -> bool {
+    let cut = bytes
+        .windows(3)
+        .position(|window| window == b"%00")
+        .is_some_and(|at| dots_only(&bytes[..at]));
+    cut || dots_only(bytes)
+}
+
+/// Whether `bytes` spell one or two dots, NULs dropped (see [`is_dot_segment`]).
+fn dots_only(bytes: &[u8]) -> bool {
     let mut dots = 0;
     let mut i = 0;
     while i < bytes.len() {

@@ -34,6 +34,7 @@ proptest! {
                 Just("a;b"), Just("..\\OTHER"), Just("a\\b"), Just("%5c"), Just("%5C.."),
                 Just("%2f"), Just("%252e%252e"), Just("x.y;z"), Just("%41"),
                 Just("..%00"), Just("%u002e%u002e"), Just("%U002E"), Just("a%00"),
+                Just("..%00x"), Just("x%u002f.."), Just("%u005c"),
             ],
             0..5,
         ),
@@ -92,12 +93,19 @@ fn resolving_reference(text: &str, raw_path: &str) -> bool {
     };
     rest.split(['/', '\\']).skip(1).all(|segment| {
         let name = segment.split(';').next().unwrap_or("");
-        let name = name.replace("%u002e", ".").replace("%U002E", ".");
-        let decoded: Vec<u8> = percent_decode(&name)
-            .into_iter()
-            .filter(|&byte| byte != 0)
-            .collect();
-        decoded != b"." && decoded != b".." && !decoded.contains(&b'/') && !decoded.contains(&b'\\')
+        let name = ["%u002e", "%U002E", "%u002f", "%U002F", "%u005c", "%U005C"]
+            .iter()
+            .zip([".", ".", "/", "/", "\\", "\\"])
+            .fold(name.to_owned(), |name, (from, to)| name.replace(from, to));
+        let decoded = percent_decode(&name);
+        // A server that drops NULs, and one that cuts the segment at the first.
+        let dropped: Vec<u8> = decoded.iter().copied().filter(|&byte| byte != 0).collect();
+        let cut = decoded.split(|&byte| byte == 0).next().unwrap_or_default();
+        [&dropped[..], cut]
+            .iter()
+            .all(|name| *name != b"." && *name != b"..")
+            && !decoded.contains(&b'/')
+            && !decoded.contains(&b'\\')
     }) && !raw_path.contains('\\')
 }
 

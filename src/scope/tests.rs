@@ -114,6 +114,25 @@ fn same_bytes_is_slice_equality() {
 }
 
 #[test]
+fn encoded_separators_are_recognised_in_every_spelling() {
+    for separator in [
+        "%2f",
+        "%2F",
+        "a%5cb",
+        "%5C",
+        "%u002f",
+        "x%U002F..",
+        "%u005c",
+        "%U005C",
+    ] {
+        assert!(has_encoded_separator(separator.as_bytes()), "{separator}");
+    }
+    for other in ["%2", "%u002", "%u002e", "%25", "a/b", "%u00", "%"] {
+        assert!(!has_encoded_separator(other.as_bytes()), "{other}");
+    }
+}
+
+#[test]
 fn dot_segments_are_recognised_in_every_spelling() {
     for dot in [
         ".",
@@ -130,6 +149,8 @@ fn dot_segments_are_recognised_in_every_spelling() {
         "%00..",
         ".%00",
         "%2e%00%2e",
+        "..%00x",
+        ".%00.html",
     ] {
         assert!(is_dot_segment(dot.as_bytes()), "{dot}");
     }

@@ -98,9 +98,7 @@ impl Shared {
         // Not one the server rejected since the flight started (it may have adopted it from a
         // store before the rejection), nor one fetched before a rejection: it may be refused too.
         // (Strictly before: a renewal started by a rejection counts from that same instant.)
-        let rejected_since = sched
-            .rejected_at
-            .is_some_and(|at| at > token.received_at());
+        let rejected_since = sched.rejected_at.is_some_and(|at| at > token.received_at());
         if rejected_since || sched.rejected == Some(shared_fetch::digest(token.as_str())) {
             tracing::debug!(
                 "a token refresh that was given up on ended; a token was rejected since it began"
