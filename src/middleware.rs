@@ -193,6 +193,7 @@ impl Middleware for KoppeltaalAuthMiddleware {
             drop(last);
             crate::service::put_token(again.headers_mut(), token.value().clone());
             cell.count_replay();
+            plan.sent_with(token.generation());
             let response = next.clone().run(again, extensions).await?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 cell.confirm(token.generation());

@@ -91,13 +91,18 @@ impl TokenCell {
 
 /// The replays one request gets after `401`s: per token, at most one wait for the FHIR server's
 /// clock (then the same token again), and at most one renewal. A request is sent at most four
-/// times: with its token, after the wait, with the renewed token, after a wait for that one.
+/// times: with its token, after the wait, with the renewed token, after a wait for that one
+/// ([`MAX_REPLAYS`], also when a replay went out with a newer token than planned).
 #[derive(Debug)]
 pub(crate) struct RetryPlan {
     generation: u64,
     waited: bool,
     renewed: bool,
+    replays: u8,
 }
+
+/// Most replays of one request.
+const MAX_REPLAYS: u8 = 3;
 
 impl RetryPlan {
     /// For a request sent with the token of `generation`.
@@ -106,6 +111,7 @@ impl RetryPlan {
             generation,
             waited: false,
             renewed: false,
+            replays: 0,
         }
     }
 
@@ -117,6 +123,7 @@ impl RetryPlan {
     /// The request was sent again with the token of `generation` (a newer one than planned,
     /// when the planned one ran out before the service was ready).
     pub(crate) fn sent_with(&mut self, generation: u64) {
+        self.replays = self.replays.saturating_add(1);
         if generation != self.generation {
             self.generation = generation;
             self.waited = false;
@@ -140,6 +147,9 @@ impl RetryPlan {
         cell: &TokenCell,
         verdict: Rejection,
     ) -> Result<Option<super::TokenHeader>, crate::Error> {
+        if self.replays >= MAX_REPLAYS {
+            return Ok(None);
+        }
         // (Waiting needs a timer: on a runtime without, the token is renewed instead, which
         // fails there with a typed error.)
         if let Rejection::NotYetValid { until } = verdict
@@ -264,5 +274,27 @@ impl Shared {
         if sched.generation == generation {
             sched.young_rejections = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeTokenSource;
+    use crate::token::RefreshPolicy;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_replayed_at_most_three_times_whatever_tokens_it_went_out_with() {
+        let source = FakeTokenSource::new();
+        let cell = TokenCell::new(source.clone(), RefreshPolicy::default());
+        cell.ready().await.unwrap();
+        let mut plan = RetryPlan::new(1);
+        // Three replays, each with a newer token than planned (the planned one ran out while
+        // the service got ready), each resetting the clock wait.
+        for generation in 2..=4 {
+            plan.sent_with(generation);
+        }
+        assert!(plan.next(&cell, Rejection::Renew).await.unwrap().is_none());
+        assert_eq!(source.fetches_started(), 1, "no renewal for a fifth send");
     }
 }
