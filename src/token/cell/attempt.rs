@@ -246,6 +246,7 @@ impl Shared {
         })));
         // No thread's slot hands out the token this one replaced.
         self.slots.clear();
+        self.installed.notify_waiters();
         Ok(())
     }
 

@@ -139,6 +139,9 @@ struct Shared {
     sched: Mutex<Sched>,
     /// Wakes the background refresher when the schedule changes or the cell is dropped.
     wake: Arc<Notify>,
+    /// Wakes every caller waiting out a backoff when a token is installed (a late one, of a
+    /// flight given up on).
+    installed: Notify,
     counters: Counters,
     /// Which runtimes have timers, as far as the cell has seen (see [`runtime`]).
     runtimes: runtime::Runtimes,
@@ -193,6 +196,7 @@ impl TokenCell {
                 policy,
                 sched: Mutex::new(Sched::default()),
                 wake: Arc::new(Notify::new()),
+                installed: Notify::new(),
                 counters: Counters::default(),
                 runtimes: runtime::Runtimes::default(),
             }),

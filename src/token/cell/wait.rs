@@ -2,6 +2,7 @@
 //! flight) and waits for its outcome, bounded by the policy's wait timeout on every iteration;
 //! each iteration awaits something that takes time, so the loop cannot spin.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,7 +77,15 @@ impl Shared {
                     if until >= deadline {
                         return Err(timed_out(": the next refresh attempt is due after that"));
                     }
-                    tokio::time::sleep_until(until).await;
+                    // Until the backoff ends, or a token is installed meanwhile (registered
+                    // before looking again, so that none is missed).
+                    let installed = self.installed.notified();
+                    let mut installed = pin!(installed);
+                    installed.as_mut().enable();
+                    if let Some(usable) = self.usable(Instant::now(), after) {
+                        return Ok(usable);
+                    }
+                    let _ = tokio::time::timeout_at(until, installed).await;
                 }
                 Kick::NoRuntime(why) => return Err(why.error()),
             }
