@@ -264,14 +264,12 @@ impl KoppeltaalAuthBuilder {
         // never from the FHIR server's discovery answer.
         // Bounded whatever the HTTP client's own timeouts (a caller's builder may have none).
         let bound = builder.credentials.request_bound();
-        let config = tokio::time::timeout(bound, smart::discover_with(&http, base.as_str()))
-            .await
-            .map_err(|_| {
-                Error::new(
-                    crate::ErrorKind::Timeout,
-                    format!("the SMART configuration did not come within {bound:?}"),
-                )
-            })??;
+        let config = crate::fetch::bounded(
+            bound,
+            "the SMART configuration did not come",
+            smart::discover_with(&http, base.as_str()),
+        )
+        .await?;
         if let Some(key) = builder.credentials.get_keys().map(KeySet::signing_key)
             && !config.supports_signing_alg(key.algorithm())
         {

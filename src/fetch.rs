@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by the token client and discovery.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,4 +79,20 @@ pub(crate) async fn read_limited(
         crate::wipe::extend(&mut body, &chunk, limit);
     }
     Ok(crate::wipe::bytes(body))
+}
+
+/// `operation`, cut off after `bound` with [`ErrorKind::Timeout`] (`what` says what did not
+/// come), whatever the HTTP client's own timeouts. On a runtime without timers (where tokio
+/// panics on one) it runs without the cut-off: the client's own timeouts are all there is.
+pub(crate) async fn bounded<T>(
+    bound: Duration,
+    what: &str,
+    operation: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    if !crate::token::has_timers() {
+        return operation.await;
+    }
+    tokio::time::timeout(bound, operation)
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, format!("{what} within {bound:?}")))?
 }

@@ -30,6 +30,7 @@ mod health;
 mod refresher;
 mod rejection;
 mod runtime;
+pub(crate) use runtime::has_timers;
 mod sched;
 mod slots;
 mod wait;

@@ -89,9 +89,9 @@ impl Runtimes {
 }
 
 /// Whether the current runtime has working timers: makes one and polls it once, catching
-/// tokio's panic if it has none (or is shutting down).
+/// tokio's panic if it has none (or is shutting down, or there is no runtime).
 #[cold]
-fn has_timers() -> bool {
+pub(crate) fn has_timers() -> bool {
     catch_unwind(AssertUnwindSafe(|| {
         let mut sleep = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
         let _ = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));

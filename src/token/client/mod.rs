@@ -161,14 +161,8 @@ impl ClientCredentials {
         };
         // Bounded whatever the HTTP client's own timeouts (a caller's builder may have none).
         let (status, headers, body) =
-            tokio::time::timeout(inner.bound, exchange)
-                .await
-                .map_err(|_| {
-                    Error::new(
-                        ErrorKind::Timeout,
-                        format!("the token endpoint did not answer within {:?}", inner.bound),
-                    )
-                })??;
+            crate::fetch::bounded(inner.bound, "the token endpoint did not answer", exchange)
+                .await?;
         // The token's life is counted from when the request went out, not from the answer:
         // the server counts from some moment in between, so a slow answer only makes the token
         // expire early here, never late.
