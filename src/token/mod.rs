@@ -18,10 +18,11 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 
+#[cfg(feature = "opentelemetry")]
+pub(crate) use cell::WeakCell;
+pub(crate) use cell::has_timers;
 pub(crate) use cell::{CellLink, Rejection, RetryPlan};
 pub use cell::{CellStats, Health, TokenCell, TokenHeader};
-#[cfg(feature = "opentelemetry")]
-pub(crate) use cell::{WeakCell, has_timers};
 pub use client::{ClientCredentials, ClientCredentialsBuilder};
 pub use client::{DEFAULT_TOKEN_LIFETIME, MAX_REQUEST_TIMEOUT};
 pub(crate) use policy::later;
