@@ -81,17 +81,18 @@ pub(crate) async fn read_limited(
     Ok(crate::wipe::bytes(body))
 }
 
-/// `operation`, cut off after `bound` with [`ErrorKind::Timeout`] (`what` says what did not
-/// come), whatever the HTTP client's own timeouts. On a runtime without timers (where tokio
-/// panics on one) it runs without the cut-off: the client's own timeouts are all there is.
+/// `operation`, cut off after `bound` (when there is one: a client with no timeout of this
+/// crate's) with [`ErrorKind::Timeout`] (`what` says what did not come). On a runtime without
+/// timers (where tokio panics on one; the check catches tokio's panic, which a panic hook sees)
+/// it runs without the cut-off.
 pub(crate) async fn bounded<T>(
-    bound: Duration,
+    bound: Option<Duration>,
     what: &str,
     operation: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    if !crate::token::has_timers() {
+    let Some(bound) = bound.filter(|_| crate::token::has_timers()) else {
         return operation.await;
-    }
+    };
     tokio::time::timeout(bound, operation)
         .await
         .map_err(|_| Error::new(ErrorKind::Timeout, format!("{what} within {bound:?}")))?

@@ -169,15 +169,12 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// The longest a token or discovery request may take: the request timeout if set, else
-    /// the default one for the default client, and [`MAX_REQUEST_TIMEOUT`] for a client from
-    /// the caller's builder (which may have shorter timeouts of its own, or none).
-    pub(crate) fn request_bound(&self) -> Duration {
-        self.timeout.unwrap_or(if self.custom_http {
-            MAX_REQUEST_TIMEOUT
-        } else {
-            DEFAULT_REQUEST_TIMEOUT
-        })
+    /// The bound a token or discovery request needs on top of the HTTP client's own timeouts:
+    /// none when the client has one from this crate (the default client, or the request
+    /// timeout set on the caller's builder), else [`MAX_REQUEST_TIMEOUT`] (the caller's builder
+    /// may have shorter timeouts of its own, or none).
+    pub(crate) fn request_bound(&self) -> Option<Duration> {
+        (self.custom_http && self.timeout.is_none()).then_some(MAX_REQUEST_TIMEOUT)
     }
 
     fn request_timeout_checked(&self) -> Result<Duration, Error> {

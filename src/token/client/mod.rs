@@ -71,7 +71,7 @@ struct Inner {
     default_lifetime: Duration,
     skew: Arc<ClockSkew>,
     /// The longest one token request may take, whatever the HTTP client's own timeouts.
-    bound: Duration,
+    bound: Option<Duration>,
 }
 
 impl fmt::Debug for ClientCredentials {
