@@ -96,9 +96,9 @@ impl MockKoppeltaalBuilder {
                 audience: None,
                 smart_configuration: None,
                 stats: MockStats::default(),
-                fhir_log: Vec::new(),
-                token_log: Vec::new(),
-                notification_log: Vec::new(),
+                fhir_log: super::records::Log::new(),
+                token_log: super::records::Log::new(),
+                notification_log: super::records::Log::new(),
             }),
         });
         let router = axum::Router::new()

@@ -78,7 +78,7 @@ pub use fake::FakeTokenSource;
 pub use knobs::MAX_QUEUED_FAULTS;
 pub use memory_store::MemoryTokenStore;
 pub use notify::SentNotification;
-pub use records::{IssuedToken, MockStats, ReceivedRequest, TokenRequest};
+pub use records::{IssuedToken, MAX_LOGGED, MockStats, ReceivedRequest, TokenRequest};
 
 /// `at` moved by `seconds` (a century either way at most, and never before 1970: HTTP dates
 /// cannot say earlier, so that nothing overflows or panics).
@@ -171,9 +171,9 @@ struct State {
     audience: Option<String>,
     smart_configuration: Option<Value>,
     stats: MockStats,
-    fhir_log: Vec<ReceivedRequest>,
-    token_log: Vec<TokenRequest>,
-    notification_log: Vec<SentNotification>,
+    fhir_log: records::Log<ReceivedRequest>,
+    token_log: records::Log<TokenRequest>,
+    notification_log: records::Log<SentNotification>,
 }
 
 impl Shared {
@@ -291,16 +291,16 @@ impl MockKoppeltaal {
         self.shared.lock().stats
     }
 
-    /// Every FHIR request received so far, oldest first.
+    /// The FHIR requests received so far, oldest first (the last [`MAX_LOGGED`]).
     #[must_use]
     pub fn fhir_requests(&self) -> Vec<ReceivedRequest> {
-        self.shared.lock().fhir_log.clone()
+        self.shared.lock().fhir_log.to_vec()
     }
 
-    /// Every token request received so far, oldest first.
+    /// The token requests received so far, oldest first (the last [`MAX_LOGGED`]).
     #[must_use]
     pub fn token_requests(&self) -> Vec<TokenRequest> {
-        self.shared.lock().token_log.clone()
+        self.shared.lock().token_log.to_vec()
     }
 
     /// Every token issued so far, in issue order.

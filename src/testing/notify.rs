@@ -93,9 +93,10 @@ impl MockKoppeltaal {
         Ok(notification)
     }
 
-    /// Every notification sent so far, oldest first.
+    /// The notifications sent so far, oldest first (the last
+    /// [`MAX_LOGGED`](super::MAX_LOGGED)).
     #[must_use]
     pub fn notifications(&self) -> Vec<SentNotification> {
-        self.shared.lock().notification_log.clone()
+        self.shared.lock().notification_log.to_vec()
     }
 }

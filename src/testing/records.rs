@@ -1,5 +1,6 @@
 //! What the mock servers saw: counters and request logs.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::Bytes;
@@ -9,6 +10,31 @@ use tokio::time::Instant;
 
 #[cfg(doc)]
 use super::MockKoppeltaal;
+
+/// How many requests of each kind the mock keeps (the most recent), so that a long-running
+/// mock (`koppeltaal-auth mock` in a compose file) does not grow without bound.
+pub const MAX_LOGGED: usize = 10_000;
+
+/// A log of the most recent [`MAX_LOGGED`] records, oldest first.
+#[derive(Debug)]
+pub(super) struct Log<T>(VecDeque<T>);
+
+impl<T: Clone> Log<T> {
+    pub(super) fn new() -> Self {
+        Self(VecDeque::new())
+    }
+
+    pub(super) fn push(&mut self, record: T) {
+        if self.0.len() >= MAX_LOGGED {
+            self.0.pop_front();
+        }
+        self.0.push_back(record);
+    }
+
+    pub(super) fn to_vec(&self) -> Vec<T> {
+        self.0.iter().cloned().collect()
+    }
+}
 
 /// Counters of what the mock servers saw; see [`MockKoppeltaal::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,6 +165,17 @@ impl fmt::Debug for TokenRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_keeps_the_most_recent_records_only() {
+        let mut log = Log::new();
+        for n in 0..MAX_LOGGED + 5 {
+            log.push(n);
+        }
+        let kept = log.to_vec();
+        assert_eq!(kept.len(), MAX_LOGGED);
+        assert_eq!((kept[0], kept[MAX_LOGGED - 1]), (5, MAX_LOGGED + 4));
+    }
 
     #[test]
     fn debug_shows_no_token_and_no_assertion() {
