@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use koppeltaal_auth::store::StorePolicy;
 use koppeltaal_auth::testing::MemoryTokenStore;
 use koppeltaal_auth::{KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
@@ -285,54 +287,36 @@ async fn rejecting_the_serving_previous_token_counts_its_own_age_not_its_success
     let client = layer.layer(fhir_service(&servers));
     let start = Instant::now();
     // A brand-new token-1 refused: the cell learns the FHIR server's clock.
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(fhir_request())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status_of(&client).await, StatusCode::UNAUTHORIZED);
     // token-2 at the refresh point (240 s); token-1 serves until the FHIR server takes it.
     tokio::time::sleep_until(start + ms(240_500)).await;
     assert_eq!(servers.fetches.load(Ordering::SeqCst), 2);
     revoke(&servers, "token-1");
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(fhir_request())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status_of(&client).await, StatusCode::UNAUTHORIZED);
     assert_eq!(cell.stats().invalidations, 1);
     // token-3, young, revoked once the FHIR server takes it: the first young rejection.
     tokio::time::sleep_until(start + ms(243_000)).await;
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(fhir_request())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(status_of(&client).await, StatusCode::OK);
     assert_eq!(servers.fetches.load(Ordering::SeqCst), 3);
     revoke(&servers, "token-3");
-    assert_eq!(
-        client
-            .clone()
-            .oneshot(fhir_request())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(status_of(&client).await, StatusCode::UNAUTHORIZED);
     assert_eq!(cell.stats().invalidations, 2);
     let text = logs.text();
     assert!(!text.contains("a fresh token was rejected again"), "{text}");
+}
+
+/// The status of a FHIR request through `client`.
+async fn status_of<S>(client: &S) -> StatusCode
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    client
+        .clone()
+        .oneshot(fhir_request())
+        .await
+        .unwrap()
+        .status()
 }
 
 fn revoke(servers: &Servers, token: &str) {

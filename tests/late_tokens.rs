@@ -15,12 +15,9 @@ use tokio::time::Instant;
 use support::runtimes::{paused_runtime, real_runtime, within};
 use support::{ms, secs};
 
-/// A renewal that stalled mid-fetch on a runtime that stopped being driven is given up on by a
-/// caller on another runtime, whose own fetch then hangs; when the first runtime runs again and
-/// its fetch completes, that token is used (it used to be dropped: a wasted token request, and
-/// no token until the second fetch ended).
-#[test]
-fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
+/// A cell whose renewal started its fetch on `idle` (the fetch waits for the source's gate),
+/// after which `idle` is not driven any more.
+fn renewal_stalled_mid_fetch() -> (FakeTokenSource, tokio::runtime::Runtime, TokenCell) {
     let source = FakeTokenSource::new();
     let idle = paused_runtime();
     let cell = idle.block_on(async {
@@ -29,7 +26,6 @@ fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
             RefreshPolicy::default().background_refresh(false),
         );
         cell.ready().await.unwrap();
-        // The renewal starts its fetch here, which waits for the gate; then `idle` stops.
         source.close_gate();
         assert!(cell.invalidate(1));
         while source.fetches_started() < 2 {
@@ -37,6 +33,16 @@ fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
         }
         cell
     });
+    (source, idle, cell)
+}
+
+/// A renewal that stalled mid-fetch on a runtime that stopped being driven is given up on by a
+/// caller on another runtime, whose own fetch then hangs; when the first runtime runs again and
+/// its fetch completes, that token is used (it used to be dropped: a wasted token request, and
+/// no token until the second fetch ended).
+#[test]
+fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
+    let (source, idle, cell) = renewal_stalled_mid_fetch();
     let waited = within(secs(20), {
         let cell = cell.clone();
         move || {
@@ -63,21 +69,7 @@ fn a_token_from_a_refresh_given_up_on_is_used_when_it_comes_after_all() {
 /// tokens), so the late one is not used.
 #[test]
 fn a_token_from_a_refresh_given_up_on_is_not_used_after_a_rejection() {
-    let source = FakeTokenSource::new();
-    let idle = paused_runtime();
-    let cell = idle.block_on(async {
-        let cell = TokenCell::new(
-            source.clone(),
-            RefreshPolicy::default().background_refresh(false),
-        );
-        cell.ready().await.unwrap();
-        source.close_gate();
-        assert!(cell.invalidate(1));
-        while source.fetches_started() < 2 {
-            tokio::task::yield_now().await;
-        }
-        cell
-    });
+    let (source, idle, cell) = renewal_stalled_mid_fetch();
     let other = paused_runtime();
     other.block_on(async {
         // Gives up on the stalled renewal, fetches its own: generation 2, then rejected.
