@@ -285,13 +285,24 @@ where
                 return Ok(last);
             }
         };
-        let Some(copy) = retry.request() else {
+        let Some((mut service, mut request)) = retry.request() else {
             return Ok(last);
+        };
+        poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        let token = match usable_now(&cell, token).await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(generation, %error, "no usable token for the replay; returning the 401");
+                return Ok(last);
+            }
         };
         // The answer before is not read.
         drop(last);
         cell.count_replay();
-        let (response, token) = send_again(copy, token, &cell).await?;
+        crate::service::put_token(request.headers_mut(), token.value().clone());
+        let response = service.call(request).await.map_err(Into::into)?;
         plan.sent_with(token.generation());
         if response.status() != StatusCode::UNAUTHORIZED {
             tracing::debug!(generation = token.generation(), "replayed after a 401");
@@ -303,27 +314,12 @@ where
     }
 }
 
-/// A copy of the request (see [`Retry::request`]), sent with `token` once the service is ready;
-/// with the cell's token instead if `token` is no longer handed out by then (a readiness wait
-/// longer than its usable life, or a rejection meanwhile), so that no replay carries an expired
-/// or dropped token. Returns the token it was sent with.
-async fn send_again<S, B, ResBody>(
-    (mut service, mut request): (S, Request<B>),
-    token: TokenHeader,
-    cell: &TokenCell,
-) -> Result<(Response<ResBody>, TokenHeader), BoxError>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-{
-    poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(Into::into)?;
-    let token = match cell.header_of(token.generation()) {
-        Some(token) => token,
-        None => cell.token().await?,
-    };
-    crate::service::put_token(request.headers_mut(), token.value().clone());
-    let response = service.call(request).await.map_err(Into::into)?;
-    Ok((response, token))
+/// `token` if the cell still hands it out, the cell's token otherwise: called once the service is
+/// ready for the replay, so that a readiness wait longer than the token's usable life, or a
+/// rejection meanwhile, never sends an expired or dropped token.
+async fn usable_now(cell: &TokenCell, token: TokenHeader) -> Result<TokenHeader, crate::Error> {
+    match cell.header_of(token.generation()) {
+        Some(token) => Ok(token),
+        None => cell.token().await,
+    }
 }

@@ -14,7 +14,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{KoppeltaalAuth, KoppeltaalAuthLayer, NotReplayable};
-use support::layer::{LayerExt, get, hyper_client, hyper_client_for, recording_service};
+use support::layer::{
+    LayerExt, SlowToReady, get, hyper_client, hyper_client_for, recording_service,
+};
 use support::{CLIENT_ID, authenticator, capture_logs, mock, rsa_key};
 use tower::{Layer, Service, ServiceExt};
 
@@ -304,56 +306,6 @@ async fn a_401_after_the_layer_is_dropped_still_renews_while_the_cell_lives() {
     assert_eq!(cell.stats().invalidations, 1);
 }
 
-/// A service that answers `401` to its first request and is then slow to get ready (15 s, as a
-/// concurrency limit under load may be), recording each request's token.
-#[derive(Default)]
-struct SlowToReady {
-    sent: Arc<std::sync::Mutex<Vec<String>>>,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl Clone for SlowToReady {
-    fn clone(&self) -> Self {
-        Self {
-            sent: Arc::clone(&self.sent),
-            sleep: None,
-        }
-    }
-}
-
-impl Service<Request<Full<Bytes>>> for SlowToReady {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        if !self.sent.lock().unwrap().is_empty() {
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_secs(15))));
-            std::task::ready!(sleep.as_mut().poll(cx));
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        let token = request.headers()[http::header::AUTHORIZATION]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let mut sent = self.sent.lock().unwrap();
-        sent.push(token);
-        let mut response = Response::new(Full::default());
-        if sent.len() == 1 {
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-        }
-        std::future::ready(Ok(response))
-    }
-}
-
 /// The renewed token is usable for 9 s, the service gets ready for the replay 15 s later: the
 /// replay carries a token usable then (it used to carry the renewed one, expired by then).
 #[tokio::test(start_paused = true)]
@@ -371,10 +323,39 @@ async fn a_replay_waiting_long_for_readiness_carries_a_token_usable_when_it_is_s
         .unwrap();
     let response = auth.layer().layer(service.clone()).oneshot(request).await;
     assert_eq!(response.unwrap().status(), StatusCode::OK);
-    let sent = service.sent.lock().unwrap().clone();
     assert_eq!(
-        sent,
+        service.sent(),
         ["Bearer fake-token-1", "Bearer fake-token-3"],
         "renewed (2), which ran out while the service got ready: sent with a fresh one"
+    );
+}
+
+/// The same, with the source failing once the renewed token is out: the caller gets the `401`
+/// back, not an error (the `401` used to be dropped before the token for the replay was known).
+#[tokio::test(start_paused = true)]
+async fn a_replay_that_finds_no_usable_token_after_readiness_returns_the_401() {
+    let source = FakeTokenSource::new();
+    source.push_token(Duration::from_secs(10));
+    source.push_token(Duration::from_secs(10));
+    source.fail_with(koppeltaal_auth::Error::new(
+        koppeltaal_auth::ErrorKind::Transport,
+        "scripted outage",
+    ));
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir")
+        .token_source(source.clone())
+        .refresh_policy(koppeltaal_auth::RefreshPolicy::default().background_refresh(false))
+        .build()
+        .unwrap();
+    let service = SlowToReady::default();
+    let request = Request::get("https://fhir.example.org/fhir/Patient/1")
+        .body(Full::default())
+        .unwrap();
+    let response = auth.layer().layer(service.clone()).oneshot(request).await;
+    assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        service.sent(),
+        ["Bearer fake-token-1"],
+        "no replay without a usable token"
     );
 }

@@ -99,3 +99,60 @@ pub fn authorization_recorder(
         std::future::ready(Ok::<_, Infallible>(response))
     })
 }
+
+/// A service that answers `401` to its first request and is then slow to get ready (15 s, as a
+/// concurrency limit under load may be), recording each request's token.
+#[derive(Default)]
+pub struct SlowToReady {
+    sent: Arc<Mutex<Vec<String>>>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Clone for SlowToReady {
+    fn clone(&self) -> Self {
+        Self {
+            sent: Arc::clone(&self.sent),
+            sleep: None,
+        }
+    }
+}
+
+impl SlowToReady {
+    /// The `Authorization` header of each request, in order.
+    pub fn sent(&self) -> Vec<String> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+impl tower::Service<Request<Full<Bytes>>> for SlowToReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if !self.sent.lock().unwrap().is_empty() {
+            let sleep = self.sleep.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep(std::time::Duration::from_secs(15)))
+            });
+            std::task::ready!(std::future::Future::poll(sleep.as_mut(), cx));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        let token = request.headers()[http::header::AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut sent = self.sent.lock().unwrap();
+        sent.push(token);
+        let mut response = Response::new(Full::default());
+        if sent.len() == 1 {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok(response))
+    }
+}
