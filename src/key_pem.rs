@@ -239,7 +239,8 @@ const MAX_KEY_FILE: usize = 1 << 20;
 /// (`/dev/zero`) is an error, not an exhausted memory.
 pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, Error> {
     use std::io::Read;
-    let failed = |err| Error::key(format!("cannot read {}", path.display())).with_source(err);
+    let failed =
+        |err| Error::key(format!("cannot read the key {}", path.display())).with_source(err);
     let mut file = std::fs::File::open(path).map_err(failed)?;
     let size = file
         .metadata()

@@ -104,6 +104,14 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
     );
     let garbage = dir.path("garbage.pem");
     std::fs::write(&garbage, "not a key").unwrap();
+    let big = dir.path("big.pem");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    // A device that never ends, on unix; a file too big to be a key elsewhere.
+    let endless = if cfg!(unix) {
+        "/dev/zero".to_owned()
+    } else {
+        path(&big).to_owned()
+    };
     let endpoint = mock.token_endpoint();
     let dead = format!(
         "http://127.0.0.1:{}/oauth2/token",
@@ -139,7 +147,33 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
                 &endpoint,
             ],
             2,
-            "cannot read the key",
+            "cannot read the key /nonexistent.pem",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                path(&big),
+                "--token-endpoint",
+                &endpoint,
+            ],
+            2,
+            "larger than 1024 KiB",
+        ),
+        (
+            vec![
+                "token",
+                "--client-id",
+                "c",
+                "--key",
+                &endless,
+                "--token-endpoint",
+                &endpoint,
+            ],
+            2,
+            "larger than 1024 KiB",
         ),
         (
             vec![

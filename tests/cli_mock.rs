@@ -240,4 +240,21 @@ fn bad_mock_arguments_are_refused_before_it_listens() {
         "{}",
         text(&huge.stderr)
     );
+    // No file is read whole: an oversized one, or one that never ends, is refused.
+    let dir = TempDir::new();
+    let big = dir.path("big.json");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let mut endless = vec![format!("app={}", big.display())];
+    if cfg!(unix) {
+        endless.push("app=/dev/zero".to_owned());
+    }
+    for client in &endless {
+        let refused = cli(&["mock", "--client", client]);
+        assert_eq!(refused.status.code(), Some(2), "{client}");
+        assert!(
+            text(&refused.stderr).contains("larger than 64 KiB"),
+            "{client}: {}",
+            text(&refused.stderr)
+        );
+    }
 }

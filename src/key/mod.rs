@@ -144,22 +144,38 @@ impl SigningKey {
         Self::from_pkcs8(pkcs8, alg, kid.into())
     }
 
-    /// Reads a PEM file and loads it as [`from_pem_with_algorithm`](Self::from_pem_with_algorithm).
-    /// What it reads is wiped from memory, also when the file is a pipe.
+    /// Reads a PEM file and loads it as [`from_pem_with_algorithm`](Self::from_pem_with_algorithm)
+    /// with `Some(alg)` (or an `alg`), or as [`from_pem`](Self::from_pem) (the default algorithm
+    /// for the key's type) with `None`. What it reads is wiped from memory, also when the file is
+    /// a pipe.
+    ///
+    /// ```
+    /// use koppeltaal_auth::{Algorithm, KeyId, SigningKey};
+    ///
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/test-only-rsa2048-pkcs8.pem");
+    /// let key = SigningKey::from_pem_file(path, None, KeyId::Thumbprint)?;
+    /// assert_eq!(key.algorithm(), Algorithm::RS512);
+    /// let key = SigningKey::from_pem_file(path, Algorithm::RS384, "my-kid")?;
+    /// assert_eq!(key.algorithm(), Algorithm::RS384);
+    /// # Ok::<(), koppeltaal_auth::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Key`](crate::ErrorKind::Key) when the file cannot be read or is over 1 MiB
-    /// (no key is), and as
+    /// (no key is), and as [`from_pem`](Self::from_pem) or
     /// [`from_pem_with_algorithm`](Self::from_pem_with_algorithm).
     pub fn from_pem_file(
         path: impl AsRef<std::path::Path>,
-        alg: Algorithm,
+        alg: impl Into<Option<Algorithm>>,
         kid: impl Into<KeyId>,
     ) -> Result<Self, Error> {
         let path = path.as_ref();
         let pem = key_pem::read_key_file(path)?;
-        Self::from_pem_with_algorithm(&*pem, alg, kid)
+        match alg.into() {
+            Some(alg) => Self::from_pem_with_algorithm(&*pem, alg, kid),
+            None => Self::from_pem(&*pem, kid),
+        }
     }
 
     /// Generates a new key pair for `alg` (RSA 2048 bits, or the algorithm's curve), with the RFC

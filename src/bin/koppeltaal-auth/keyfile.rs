@@ -6,7 +6,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use koppeltaal_auth::{Algorithm, KeyId, SigningKey};
-use zeroize::Zeroizing;
 
 use crate::{Failure, failure};
 
@@ -100,24 +99,20 @@ fn write_new(path: &Path, pem: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Loads the key at `path`; the file's bytes are wiped from memory when done.
+/// Loads the key at `path` (at most 1 MiB read, wiped from memory when done).
 pub(crate) fn load_key(
     path: &Path,
     alg: Option<Algorithm>,
     kid: Option<&str>,
 ) -> Result<SigningKey, Failure> {
-    let pem = Zeroizing::new(
-        std::fs::read(path)
-            .map_err(|err| failure(2, format!("cannot read the key {}: {err}", path.display())))?,
-    );
     let kid = kid.map_or(KeyId::Thumbprint, KeyId::from);
-    let key = match alg {
-        Some(alg) => SigningKey::from_pem_with_algorithm(&pem[..], alg, kid),
-        None => SigningKey::from_pem(&pem[..], kid),
-    };
-    key.map_err(|err| {
+    SigningKey::from_pem_file(path, alg, kid).map_err(|err| {
         let mut failure = Failure::from(err);
-        failure.message = format!("{}: {}", path.display(), failure.message);
+        let shown = path.display().to_string();
+        // A read error names the file already; a parse error does not.
+        if !failure.message.contains(&shown) {
+            failure.message = format!("{shown}: {}", failure.message);
+        }
         failure
     })
 }

@@ -75,9 +75,28 @@ fn is_url(value: &str) -> bool {
     value.starts_with("http://") || value.starts_with("https://")
 }
 
+/// Largest JWK Set file read, as for a JWK Set the mock fetches from a URL: a set of a hundred
+/// RSA keys is well under it, and `/dev/zero` is an error, not an exhausted memory.
+const MAX_JWKS_FILE: u64 = 64 * 1024;
+
 fn read_jwks(path: &str) -> Result<JwkSet, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| failure(2, format!("cannot read the JWK Set {path}: {err}")))?;
+    use std::io::Read as _;
+    let cannot = |err| failure(2, format!("cannot read the JWK Set {path}: {err}"));
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_JWKS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_JWKS_FILE {
+        return Err(failure(
+            2,
+            format!(
+                "{path} is larger than {} KiB: not a JWK Set",
+                MAX_JWKS_FILE / 1024
+            ),
+        ));
+    }
     serde_json::from_str(&text).map_err(|err| {
         failure(
             2,
