@@ -236,7 +236,13 @@ fn verify_assertion(token_endpoint: &str, state: &mut State, jwt: &str) -> Resul
     let Some(aud) = claims.get("aud") else {
         return Err("aud missing".into());
     };
-    if !state.seen_jti.insert(jti) {
+    let now = state
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let exp = claims.get("exp").and_then(python_int);
+    if !state.seen_jti.consume(jti, exp, now, MAX_EXP_AHEAD) {
         return Err("jti replayed".into());
     }
     let client = state.clients.get(&iss).ok_or("unknown client")?;
@@ -262,11 +268,6 @@ fn verify_assertion(token_endpoint: &str, state: &mut State, jwt: &str) -> Resul
     validation.required_spec_claims = HashSet::new();
     jsonwebtoken::decode::<Value>(jwt, &key, &validation)
         .map_err(|err| format!("signature: {err}"))?;
-    let now = state
-        .now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let now = i64::try_from(now).unwrap_or(i64::MAX);
     // PyJWT reads each time claim as Python's `int()` would, and refuses what that refuses.
     let number = |name: &str| -> Result<Option<i64>, String> {
         claims

@@ -1,7 +1,7 @@
 //! [`MockKoppeltaalBuilder`]: the settings that matter from the first request, and starting the
 //! servers.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ impl MockKoppeltaalBuilder {
                 clock_offset_secs: self.clock_offset_secs,
                 fhir_clock_offset_secs: self.fhir_clock_offset_secs,
                 external: None,
-                seen_jti: HashSet::new(),
+                seen_jti: super::jti::SeenJti::new(),
                 tokens: HashMap::new(),
                 faults: VecDeque::new(),
                 token_delay: Duration::ZERO,

@@ -55,12 +55,13 @@ mod builder;
 mod external;
 mod fake;
 mod fhir;
+mod jti;
 mod knobs;
 mod memory_store;
 mod notify;
 mod records;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -163,7 +164,7 @@ struct State {
     fhir_clock_offset_secs: i64,
     /// An issuer whose tokens the FHIR endpoint takes too.
     external: Option<external::ExternalIssuer>,
-    seen_jti: HashSet<String>,
+    seen_jti: jti::SeenJti,
     tokens: HashMap<String, Token>,
     faults: VecDeque<MockResponse>,
     token_delay: Duration,
