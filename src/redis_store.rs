@@ -172,6 +172,16 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `EVAL` of `script` on `key`. Plain `EVAL`, not redis-rs's `Script` (`EVALSHA`, then
+/// `SCRIPT LOAD` when Redis's script cache is empty, as after every restart): an ACL user
+/// allowed `+eval` but not `+script|load` would otherwise fail every call. The scripts are a
+/// line each, sent only at refresh points.
+fn eval(script: &str, key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(1).arg(key);
+    cmd
+}
+
 /// The value and its TTL in one atomic step.
 const LOAD: &str = "return {redis.call('get', KEYS[1]), redis.call('pttl', KEYS[1])}";
 
@@ -181,9 +191,8 @@ impl TokenStore for RedisKeyStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
         Box::pin(async move {
             let mut connection = self.manager.clone();
-            let (value, ttl_ms): (Option<String>, i64) = redis::Script::new(LOAD)
-                .key(&self.token_key)
-                .invoke_async(&mut connection)
+            let (value, ttl_ms): (Option<String>, i64) = eval(LOAD, &self.token_key)
+                .query_async(&mut connection)
                 .await
                 .map_err(|err| redis_error("Redis GET failed", err))?;
             // The JSON holds the token: wiped when dropped.
@@ -254,10 +263,9 @@ impl TokenStore for RedisKeyStore {
     fn release_lease<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let mut connection = self.manager.clone();
-            redis::Script::new(RELEASE)
-                .key(&self.lease_key)
+            eval(RELEASE, &self.lease_key)
                 .arg(owner)
-                .invoke_async::<i64>(&mut connection)
+                .query_async::<i64>(&mut connection)
                 .await
                 .map(drop)
                 .map_err(|err| redis_error("Redis lease release failed", err))

@@ -10,17 +10,16 @@
 mod servers;
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use koppeltaal_auth::store::{SharedStore, StoreKey, StorePolicy};
+use koppeltaal_auth::store::{SharedStore, StoreKey, StorePolicy, StoredToken};
 use koppeltaal_auth::testing::MockKoppeltaal;
 use koppeltaal_auth::{KoppeltaalAuth, RedisTokenStore, RefreshPolicy};
 use support::{CLIENT_ID, rsa_key};
 
-use servers::redis_url;
+use servers::{PrivateRedis, redis_url};
 
 /// A unique key prefix per test, so that tests sharing one Redis do not meet.
 fn prefix() -> String {
@@ -199,80 +198,6 @@ async fn a_lease_holder_that_dies_is_replaced_within_the_lease_time() {
     assert!(dying.load().await.unwrap().is_some());
 }
 
-/// A private `redis-server` on a free loopback port, killed on drop.
-struct PrivateRedis {
-    child: Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> Option<Self> {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self { child, url });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// Freezes the server for `seconds` (`DEBUG SLEEP`: it answers nobody meanwhile), from a
-    /// thread of its own; the returned handle joins when the server answers again.
-    fn freeze(&self, seconds: u32) -> std::thread::JoinHandle<String> {
-        use std::io::{Read, Write};
-        let address = self.url.trim_start_matches("redis://").to_owned();
-        std::thread::spawn(move || {
-            let mut connection = std::net::TcpStream::connect(address).unwrap();
-            let seconds = seconds.to_string();
-            let command = format!(
-                "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{seconds}\r\n",
-                seconds.len()
-            );
-            connection.write_all(command.as_bytes()).unwrap();
-            let mut reply = [0u8; 64];
-            let n = connection.read(&mut reply).unwrap();
-            String::from_utf8_lossy(&reply[..n]).into_owned()
-        })
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A mock with 1 s tokens and three instances sharing them through the Redis at `url`, running
 /// until `stop` is set.
 async fn three_instances_on(
@@ -373,4 +298,93 @@ async fn a_redis_that_hangs_fails_no_request_and_delays_none_long() {
     eprintln!("slowest call {slowest:?}, token requests while frozen: {during}");
     assert!(during >= 3, "token requests while frozen: {during}");
     assert_eq!(mock.stats().token_requests_failed, 0);
+}
+
+/// The README's ACL (read from the README, so that the two cannot drift apart) is all the store
+/// needs, also on a Redis whose script cache is empty, as after any restart. redis-rs's scripts
+/// send `EVALSHA` and then `SCRIPT LOAD`, which that ACL refuses: every load failed with
+/// `NOPERM`, and each instance fetched on its own for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_acl_is_all_the_store_needs_on_a_fresh_redis() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(redis) = PrivateRedis::start() else {
+        eprintln!("skipped: no redis-server binary to start");
+        return;
+    };
+    let readme = include_str!("../README.md");
+    let rules = readme
+        .split("ACL SETUSER koppeltaal-app ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("the README shows the ACL");
+    let mut setuser = vec!["ACL", "SETUSER", "koppeltaal-app"];
+    setuser.extend(rules.split_whitespace());
+    assert_eq!(redis.command(&setuser), "+OK\r\n", "{rules}");
+    assert_eq!(redis.command(&["SCRIPT", "FLUSH"]), "+OK\r\n");
+    let url = redis
+        .url
+        .replace("redis://", "redis://koppeltaal-app:secret@");
+    let key = StoreKey::new("https://auth.example.org/oauth2/token", CLIENT_ID, None);
+    let store = RedisTokenStore::new(&url).unwrap().for_key(&key);
+    assert!(store.load().await.unwrap().is_none());
+    let token = StoredToken::new(
+        "stored-token",
+        Duration::from_secs(200),
+        Duration::from_secs(300),
+        None,
+    );
+    store.save(&token).await.unwrap();
+    let loaded = store.load().await.unwrap().expect("the saved token");
+    assert_eq!(loaded.token(), "stored-token");
+    let owner = store.try_lease(Duration::from_secs(5)).await.unwrap();
+    store
+        .release_lease(&owner.expect("the lease"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some(),
+        "released by its owner"
+    );
+}
+
+/// An ACL that lacks what the store needs costs sharing, not requests, and the warning says why:
+/// Redis's own `NOPERM` answer (it used to say only "Redis GET failed").
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_the_acl_refuses_warns_with_redis_own_reason() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(redis) = PrivateRedis::start() else {
+        eprintln!("skipped: no redis-server binary to start");
+        return;
+    };
+    let setuser = "ACL SETUSER app on >pw ~koppeltaal-auth:* +get +set +pttl +del";
+    let args: Vec<&str> = setuser.split(' ').collect();
+    assert_eq!(redis.command(&args), "+OK\r\n");
+    let (logs, _guard) = support::capture_logs();
+    let mock = MockKoppeltaal::start().await.unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(mock.fhir_base_url())
+        .client_id(CLIENT_ID)
+        .signing_key(rsa_key())
+        .token_endpoint(mock.token_endpoint())
+        .shared_store(
+            RedisTokenStore::new(&redis.url.replace("redis://", "redis://app:pw@")).unwrap(),
+        )
+        .build()
+        .unwrap();
+    auth.ready().await.unwrap();
+    let text = logs.text();
+    assert!(text.contains("token store unavailable"), "{text}");
+    assert!(
+        text.contains("no permissions to run the 'eval' command"),
+        "{text}"
+    );
 }

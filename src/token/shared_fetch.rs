@@ -53,7 +53,9 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, operation).await {
         Ok(Ok(value)) => Some(value),
         Ok(Err(error)) => {
-            tracing::warn!(%error, "token store unavailable");
+            // The store's own error (a Redis `NOPERM`, say) is what an operator needs to see.
+            let cause = std::error::Error::source(&error).map(tracing::field::display);
+            tracing::warn!(%error, cause, "token store unavailable");
             None
         }
         Err(_) => {

@@ -190,3 +190,85 @@ fn npm_ci(dir: &Path) -> Result<(), String> {
     }
     Err("timed out waiting for another process's npm ci".into())
 }
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+pub struct PrivateRedis {
+    child: Child,
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { child, url });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Freezes the server for `seconds` (`DEBUG SLEEP`: it answers nobody meanwhile), from a
+    /// thread of its own; the returned handle joins when the server answers again.
+    pub fn freeze(&self, seconds: u32) -> std::thread::JoinHandle<String> {
+        let url = self.url.clone();
+        std::thread::spawn(move || command(&url, &["DEBUG", "SLEEP", &seconds.to_string()]))
+    }
+
+    /// Sends one command as the default user, on a connection of its own, and returns the
+    /// first reply's bytes as text (enough for `+OK` or an error).
+    pub fn command(&self, args: &[&str]) -> String {
+        command(&self.url, args)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn command(url: &str, args: &[&str]) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(url.trim_start_matches("redis://")).unwrap();
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    connection.write_all(request.as_bytes()).unwrap();
+    let mut reply = [0u8; 256];
+    let n = connection.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
