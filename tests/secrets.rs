@@ -146,6 +146,29 @@ async fn no_token_assertion_or_key_appears_in_logs_debug_display_or_errors() {
         format!("{mock:?}"),
         format!("{:?}", FakeTokenSource::new()),
         format!("{} {:?}", key.algorithm(), key.algorithm()),
+        // A proxy's credentials, in its URL and as basic auth, and a client's default headers
+        // (an API gateway's key) are secrets too.
+        format!(
+            "{:?}",
+            KoppeltaalAuth::builder().proxy(
+                reqwest::Proxy::all("http://proxy-user:proxy-url-secret@proxy.internal:3128")
+                    .unwrap()
+                    .basic_auth("proxy-user", "proxy-basic-secret")
+            )
+        ),
+        format!(
+            "{:?}",
+            ClientCredentials::builder().http_client_builder(
+                reqwest::Client::builder().default_headers(
+                    [(
+                        http::HeaderName::from_static("x-api-key"),
+                        http::HeaderValue::from_static("gateway-key-secret"),
+                    )]
+                    .into_iter()
+                    .collect()
+                )
+            )
+        ),
     ]);
     shown.push(logs.text());
 
@@ -158,6 +181,20 @@ async fn no_token_assertion_or_key_appears_in_logs_debug_display_or_errors() {
         .collect();
     secrets.push(token.as_str().to_owned());
     secrets.push("leaky-token-123456".to_owned());
+    secrets.extend(
+        [
+            "proxy-url-secret",
+            "proxy-basic-secret",
+            "gateway-key-secret",
+        ]
+        .map(String::from),
+    );
+    {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD;
+        secrets.push(basic.encode("proxy-user:proxy-basic-secret"));
+        secrets.push(basic.encode("proxy-user:proxy-url-secret"));
+    }
     for request in mock.token_requests() {
         if let Some(assertion) = request.assertion {
             // The signature and the payload are each a secret-bearing part.

@@ -12,7 +12,7 @@ use crate::key::SigningKey;
 use crate::keyset::KeySet;
 
 /// Builder for [`ClientCredentials`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use]
 pub struct ClientCredentialsBuilder {
     client_id: Option<String>,
@@ -29,6 +29,29 @@ pub struct ClientCredentialsBuilder {
     custom_http: bool,
     proxy: Option<reqwest::Proxy>,
     timeout: Option<Duration>,
+}
+
+/// Shows whether a proxy and a client of the caller's are set, not what they hold: reqwest's
+/// `Debug` of a proxy prints its URL with the password and its basic-auth header, and of a
+/// client builder its default headers (an API gateway's key, say).
+impl std::fmt::Debug for ClientCredentialsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentialsBuilder")
+            .field("client_id", &self.client_id)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("keys", &self.keys)
+            .field("scope", &self.scope)
+            .field("assertion_lifetime", &self.assertion_lifetime)
+            .field("iat_backdate", &self.iat_backdate)
+            .field("default_lifetime", &self.default_lifetime)
+            .field(
+                "http_client",
+                &(self.http.is_some() || self.http_builder.is_some()),
+            )
+            .field("proxy", &self.proxy.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl ClientCredentialsBuilder {
