@@ -219,6 +219,88 @@ async fn a_lease_holder_that_fails_is_replaced_within_one_poll_interval() {
     );
 }
 
+/// A lease holder that dies while a whole fleet waits on it (a cold start, or a fleet-wide `401`):
+/// when its lease lapses one instance takes it, and the others wait for that one's token instead
+/// of all fetching at once (each had waited one lease period, and then fetched alone: 7 token
+/// requests at the same instant).
+#[tokio::test(start_paused = true)]
+async fn a_dead_lease_holder_is_replaced_by_one_instance_not_the_whole_fleet() {
+    let lease = Duration::from_millis(500);
+    let policy = StorePolicy::default()
+        .lease(lease)
+        .poll_interval(Duration::from_millis(20));
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(300));
+    source.set_delay(Duration::from_millis(100));
+    let store = MemoryTokenStore::new();
+    store.take_lease_and_die(lease);
+    let started = Instant::now();
+    let fleet: Vec<_> = (0..8)
+        .map(|_| {
+            let cell = TokenCell::with_store(
+                source.clone(),
+                RefreshPolicy::default(),
+                store.clone(),
+                policy,
+            );
+            tokio::spawn(async move { cell.token().await.map(|token| token.value().clone()) })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for instance in fleet {
+        tokens.push(instance.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        source.fetches_started(),
+        1,
+        "one token request for the fleet"
+    );
+    assert!(
+        tokens.iter().all(|token| *token == tokens[0]),
+        "all on one token"
+    );
+    assert_eq!(
+        store.leases_taken(),
+        1,
+        "taken once, after the dead holder's lapsed"
+    );
+    let waited = Instant::now() - started;
+    assert!(
+        waited <= lease + Duration::from_millis(100 + 20 + 20),
+        "the lease, the fetch and a poll or so: {waited:?}"
+    );
+}
+
+/// The wait stays bounded: a lease that never comes free (its holders keep dying, or a store
+/// that never expires it) is waited on for two lease periods at most, then the instance fetches
+/// alone.
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_never_comes_free_is_waited_on_for_two_lease_periods_at_most() {
+    let lease = Duration::from_millis(500);
+    let policy = StorePolicy::default()
+        .lease(lease)
+        .poll_interval(Duration::from_millis(20));
+    let source = FakeTokenSource::new();
+    let store = MemoryTokenStore::new();
+    store.take_lease_and_die(lease);
+    let cell = TokenCell::with_store(
+        source.clone(),
+        RefreshPolicy::default(),
+        store.clone(),
+        policy,
+    );
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { cell.token().await });
+    sleep(Duration::from_millis(250)).await;
+    store.take_lease_and_die(Duration::from_secs(3_600));
+    waiting.await.unwrap().unwrap();
+    let waited = Instant::now() - started;
+    assert!(
+        waited >= 2 * lease && waited <= 2 * lease + Duration::from_millis(40),
+        "two lease periods: {waited:?}"
+    );
+    assert_eq!(source.fetches_started(), 1);
+}
+
 /// How long a shared token has left is measured by the store, never from an instance's wall
 /// clock: an instance that adopts it late expires it exactly when its publisher does, so
 /// instances whose clocks disagree (by any amount) cannot send it after it expired.

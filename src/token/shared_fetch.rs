@@ -173,7 +173,8 @@ impl Context<'_> {
             Ok(None) => {}
             Err(()) => return (self.source.fetch().await, Via::Fallback),
         }
-        let deadline = later(Instant::now(), lease);
+        let mut deadline = later(Instant::now(), lease);
+        let mut lapsed = false;
         loop {
             match bounded(timeout, self.store.try_lease(lease)).await {
                 Some(Some(owner)) => {
@@ -191,7 +192,17 @@ impl Context<'_> {
             // Another instance holds the lease: wait for its token, trying the lease at every
             // look, so that a holder that gives up (its fetch failed) is replaced within one
             // poll interval, and one that died when its lease lapses.
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline && !lapsed {
+                // The lease waited on has lapsed, and another instance took it meanwhile (this
+                // one could not): it gets a lease period too, so that one instance fetches for
+                // the fleet, not every one that waited on a holder that died.
+                lapsed = true;
+                deadline = later(Instant::now(), lease);
+                tracing::debug!(
+                    lease_ms = lease.as_millis() as u64,
+                    "the refresh lease lapsed and another instance took it: waiting for its token"
+                );
+            } else if Instant::now() >= deadline {
                 tracing::warn!(
                     lease_ms = lease.as_millis() as u64,
                     "the instance holding the refresh lease published no token in time: fetching"
