@@ -86,3 +86,46 @@ async fn an_unusable_stored_token_is_replaced_not_failed_on() {
         token.value().to_str().unwrap()
     );
 }
+
+/// A stored token inside the cell's expiry margin, though before a short custom refresh-ahead
+/// window: not adopted (the cell could not install it: a failed attempt and the longest backoff),
+/// the cell fetches its own.
+#[tokio::test(start_paused = true)]
+async fn a_stored_token_inside_the_expiry_margin_is_not_adopted() {
+    // Refresh 6 s ahead of a 300 s token; the expiry margin stays the default 10 s.
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(Duration::ZERO, 0.02, 0.02)
+        .refresh_jitter(0.0);
+    let entry = StoredToken::new(
+        "stored-token",
+        Duration::from_secs(8),
+        Duration::from_secs(300),
+        None,
+    );
+    let (source, cell, _store) = cell_over(entry, policy);
+    let token = cell.token().await.unwrap();
+    assert_eq!(token.value(), "Bearer fake-token-1");
+    assert_eq!(source.fetches_completed(), 1, "fetched its own");
+    assert_eq!(cell.stats().adopted_from_store, 0);
+    assert_eq!(cell.stats().fetches_failed, 0);
+}
+
+/// A store that says a token has longer left than its whole lifetime (Redis's clock stepped
+/// back, say) is not believed past the lifetime: the token is never handed out later than a
+/// lifetime after the look.
+#[tokio::test(start_paused = true)]
+async fn a_stored_time_left_beyond_the_lifetime_is_cut_to_the_lifetime() {
+    let entry = StoredToken::new(
+        "stored-token",
+        Duration::from_secs(3_600),
+        Duration::from_secs(300),
+        None,
+    );
+    let (_source, cell, _store) = cell_over(entry, RefreshPolicy::default());
+    assert_eq!(cell.token().await.unwrap().value(), "Bearer stored-token");
+    tokio::time::advance(Duration::from_secs(291)).await;
+    assert!(
+        cell.current().is_none(),
+        "usable until the lifetime less its margin (290 s), not for an hour"
+    );
+}

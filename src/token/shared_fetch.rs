@@ -87,9 +87,11 @@ pub(crate) fn stored(token: &AccessToken) -> StoredToken {
 /// Where the clock cannot go back that far (on Windows an `Instant` cannot precede the boot),
 /// the token counts as received at `asked_at` with the time left as its lifetime: its expiry
 /// stays right, only its refresh point moves (computed from the shorter lifetime).
+///
+/// A time left beyond the lifetime (a store whose clock stepped back) is cut to the lifetime.
 fn adopt(stored: &StoredToken, asked_at: Instant) -> Result<AccessToken, Error> {
-    let remaining = stored.expires_in();
-    let lifetime = stored.lifetime().max(remaining);
+    let remaining = time_left(stored);
+    let lifetime = stored.lifetime();
     let (lifetime, received_at) = received(
         lifetime,
         remaining,
@@ -115,12 +117,23 @@ fn received(
     }
 }
 
+/// The time `stored` has left, as the store says, but never more than its lifetime.
+fn time_left(stored: &StoredToken) -> Duration {
+    stored.expires_in().min(stored.lifetime())
+}
+
 impl Context<'_> {
-    /// A stored token this instance should take: before its own refresh point, longer-lived than
-    /// the token being replaced, and not the one the server rejected.
+    /// A stored token this instance should take: before its own refresh point and outside its
+    /// expiry margin (a short custom refresh-ahead can be the smaller), longer-lived than the
+    /// token being replaced, and not the one the server rejected.
     fn acceptable(&self, stored: &StoredToken) -> bool {
-        let remaining = stored.expires_in();
-        remaining > self.policy.refresh_ahead_for(stored.lifetime(), 0.0)
+        let remaining = time_left(stored);
+        let lifetime = stored.lifetime();
+        remaining
+            > self
+                .policy
+                .refresh_ahead_for(lifetime, 0.0)
+                .max(self.policy.expiry_margin_for(lifetime))
             && self
                 .current
                 .is_none_or(|(current, left)| digest(stored.token()) != current && remaining > left)
