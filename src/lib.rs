@@ -115,7 +115,7 @@ mod test_support;
 
 pub use crate::assertion::{
     ClientAssertion, DEFAULT_ASSERTION_LIFETIME, DEFAULT_IAT_BACKDATE, MAX_ASSERTION_LIFETIME,
-    SignedAssertion,
+    MAX_CLIENT_ID_LEN, SignedAssertion,
 };
 pub use crate::authenticator::Authenticator;
 pub use crate::config::KoppeltaalAuthBuilder;

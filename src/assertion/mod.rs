@@ -21,6 +21,10 @@ pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 /// in the future, so a client clock a few seconds ahead would otherwise break authentication.
 pub const DEFAULT_IAT_BACKDATE: Duration = Duration::from_secs(5);
 
+/// Longest client id accepted, in bytes. Koppeltaal's are UUIDs (36 characters); OAuth sets no
+/// limit, so this one only keeps an assertion (and every token request) to a sane size.
+pub const MAX_CLIENT_ID_LEN: usize = 1024;
+
 /// Builds client assertions: the signed JWT that authenticates a token request.
 ///
 /// Every assertion has the header `{"alg", "kid", "typ": "JWT"}` (no `jku`) and exactly the claims
@@ -74,12 +78,28 @@ impl ClientAssertion {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] if either is empty.
+    /// [`ErrorKind::Config`] if either is empty, or the client id holds whitespace or a control
+    /// character (a trailing newline from a file or a secret: the server would answer a bare
+    /// `401`) or is longer than [`MAX_CLIENT_ID_LEN`].
     pub fn new(client_id: impl Into<String>, audience: impl Into<String>) -> Result<Self, Error> {
         let client_id = client_id.into();
         let audience = audience.into();
         if client_id.is_empty() {
             return Err(Error::config("client id must not be empty"));
+        }
+        if client_id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::config(
+                "client id holds whitespace or a control character (a trailing newline from a \
+                 file or a secret?)",
+            ));
+        }
+        if client_id.len() > MAX_CLIENT_ID_LEN {
+            return Err(Error::config(format!(
+                "client id is longer than {MAX_CLIENT_ID_LEN} bytes"
+            )));
         }
         if audience.is_empty() {
             return Err(Error::config("assertion audience must not be empty"));
