@@ -301,8 +301,19 @@ impl KoppeltaalAuthBuilder {
                  a file or a secret?)",
             ));
         }
-        Url::parse(base)
-            .map_err(|err| Error::config("FHIR base URL is not an absolute URL").with_source(err))
+        let url = Url::parse(base).map_err(|err| {
+            Error::config("FHIR base URL is not an absolute URL").with_source(err)
+        })?;
+        // Requests are built from the text as set (`fhir_base_url()` hands it back), but the
+        // scope from the parsed URL: a spelling the parser rewrites (a dot segment, a character
+        // it percent-encodes, `:0443`) would send every such request without the token.
+        if !FhirScope::new(&url)?.spelled_as(base) {
+            return Err(Error::config(format!(
+                "FHIR base URL is not in the form a URL parser gives it: write it as {}",
+                url.as_str().trim_end_matches('/')
+            )));
+        }
+        Ok(url)
     }
 
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {

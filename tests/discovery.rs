@@ -183,3 +183,64 @@ fn client_ids_with_whitespace_or_control_characters_are_configuration_errors() {
     let longest = "x".repeat(koppeltaal_auth::MAX_CLIENT_ID_LEN);
     assert!(koppeltaal_auth::ClientAssertion::new(longest, "https://a/t").is_ok());
 }
+
+/// A FHIR base that the URL parser rewrites: the scope comes from the parsed URL, but requests
+/// are built from the text as set (`format!("{}/Patient", auth.fhir_base_url())`), so every one
+/// went out without the token. Refused, with the form to write; spellings that only differ in
+/// case, a default port or a trailing slash are fine, and requests built from them are covered.
+#[test]
+fn a_fhir_base_the_url_parser_would_rewrite_is_a_configuration_error() {
+    let build = |base: &str| {
+        koppeltaal_auth::KoppeltaalAuth::builder()
+            .fhir_base_url(base)
+            .client_id(CLIENT_ID)
+            .signing_key(rsa_key())
+            .token_endpoint("https://auth.example.org/token")
+            .build()
+    };
+    for (base, normal) in [
+        (
+            "https://fhir.example.org/fhir/x/../DEFAULT",
+            "https://fhir.example.org/fhir/DEFAULT",
+        ),
+        (
+            "https://fhir.example.org/fhir/./DEFAULT",
+            "https://fhir.example.org/fhir/DEFAULT",
+        ),
+        (
+            "https://fhir.example.org/fhir/{tenant}",
+            "https://fhir.example.org/fhir/%7Btenant%7D",
+        ),
+        (
+            "https://fhir.example.org/zürich",
+            "https://fhir.example.org/z%C3%BCrich",
+        ),
+        (
+            "https://fhir.example.org:0443/fhir",
+            "https://fhir.example.org/fhir",
+        ),
+        (
+            "https://fhir.example.org\\fhir",
+            "https://fhir.example.org/fhir",
+        ),
+    ] {
+        let err = build(base).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{base}");
+        assert!(
+            err.to_string().contains(&format!("write it as {normal}")),
+            "{base}: {err}"
+        );
+    }
+    for base in [
+        "https://fhir.example.org/fhir",
+        "https://fhir.example.org/fhir/",
+        "HTTPS://FHIR.Example.org/fhir",
+        "https://fhir.example.org:443/fhir",
+        "https://fhir.example.org",
+        "https://fhir.example.org/f%68ir",
+    ] {
+        let auth = build(base).unwrap();
+        let request = format!("{}/Patient", auth.fhir_base_url().trim_end_matches('/'));
+        assert!(auth.covers(&request), "{base}: {request}");
+    }
+}

@@ -54,6 +54,23 @@ impl FhirScope {
         })
     }
 
+    /// Whether `text`, the base as configured, is spelled so that a request URI made by
+    /// appending to it is in this scope: the scheme and an authority this scope takes (any
+    /// case), and the path exactly as the parser left it (a trailing slash aside).
+    pub(crate) fn spelled_as(&self, text: &str) -> bool {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return false;
+        };
+        let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        scheme.eq_ignore_ascii_case(&self.scheme)
+            && self
+                .authorities
+                .iter()
+                .any(|ours| ours.eq_ignore_ascii_case(authority))
+            && path.trim_end_matches('/') == self.path
+    }
+
     /// Whether a request to `uri` may carry the token. A URI without scheme and authority (a
     /// relative request) never does.
     #[inline]
