@@ -19,12 +19,13 @@ fn main() -> Result<(), BoxError> {
         println!("KOPPELTAAL_KID and KOPPELTAAL_ALG) to print its public JWK Set.");
         return Ok(());
     };
-    let pem = std::fs::read(&path)?;
     let kid = std::env::var("KOPPELTAAL_KID").map_or(KeyId::Thumbprint, KeyId::from);
-    let key = match std::env::var("KOPPELTAAL_ALG") {
-        Ok(alg) => SigningKey::from_pem_with_algorithm(&pem, alg.parse::<Algorithm>()?, kid)?,
-        Err(_) => SigningKey::from_pem(&pem, kid)?,
+    let alg = match std::env::var("KOPPELTAAL_ALG") {
+        Ok(alg) => Some(alg.parse::<Algorithm>()?),
+        Err(_) => None,
     };
+    // At most 1 MiB read, wiped from memory when done; `None`: the key type's default.
+    let key = SigningKey::from_pem_file(&path, alg, kid)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&JwkSet::from_keys([&key])?)?

@@ -105,6 +105,12 @@ impl KoppeltaalAuthBuilder {
     /// Publishes the cell's OpenTelemetry metrics through `meter` (feature `opentelemetry`;
     /// the table of instruments is in the README). Attributes name the token endpoint's host
     /// (`server.address`) and the client id (`koppeltaal.client_id`), never a secret.
+    ///
+    /// The gauges are observable instruments whose callbacks the OpenTelemetry SDK keeps until
+    /// the meter provider is dropped (it has no way to unregister one): each `Authenticator`
+    /// built with a meter leaves a few small callbacks behind it, which report nothing once it
+    /// is dropped. Build authenticators once per process and share them (they are cheap to
+    /// clone), not per request or per configuration reload on a long-lived provider.
     #[cfg(feature = "opentelemetry")]
     #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {

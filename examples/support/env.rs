@@ -33,12 +33,12 @@ pub(crate) async fn authenticator() -> Result<Option<Authenticator>, BoxError> {
         println!("{HELP}");
         return Ok(None);
     };
-    let pem = std::fs::read(&key_path)?;
     let kid = var("KOPPELTAAL_KID").map_or(KeyId::Thumbprint, KeyId::from);
-    let key = match var("KOPPELTAAL_ALG") {
-        Some(alg) => SigningKey::from_pem_with_algorithm(&pem, alg.parse::<Algorithm>()?, kid)?,
-        None => SigningKey::from_pem(&pem, kid)?,
-    };
+    let alg = var("KOPPELTAAL_ALG")
+        .map(|alg| alg.parse::<Algorithm>())
+        .transpose()?;
+    // At most 1 MiB read, wiped from memory when done; `None`: the key type's default.
+    let key = SigningKey::from_pem_file(&key_path, alg, kid)?;
     let mut builder = KoppeltaalAuth::builder()
         .fhir_base_url(base)
         .client_id(client_id)

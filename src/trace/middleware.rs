@@ -14,6 +14,10 @@ use super::{KoppeltaalTraceLayer, ResponseTrace, TraceContext};
 /// request's own [`TraceContext`] goes in with `RequestBuilder::with_extension`; the response
 /// carries a [`ResponseTrace`] in [`reqwest::Response::extensions`].
 ///
+/// reqwest follows redirects inside the client, below every middleware, re-sending the first
+/// hop's headers: each hop of a followed redirect carries the same `X-Request-Id`. Where every
+/// hop must have its own, build the client with `reqwest::redirect::Policy::none()`.
+///
 /// # Order
 ///
 /// Add it *after* the auth middleware, so that a request sent again after a `401` passes through
