@@ -169,7 +169,7 @@ fn expected_lifetime(doc: &Value) -> Option<Duration> {
 }
 
 fn check_token_response(body: &[u8]) -> Result<(), TestCaseError> {
-    let result = parse_token_response(body, Instant::now(), DEFAULT);
+    let result = parse_token_response(body, Instant::now(), DEFAULT, &[]);
     let doc: Option<Value> = serde_json::from_slice(body).ok();
     match (result, doc.as_ref().and_then(expected_lifetime)) {
         (Ok(token), Some(lifetime)) => {
@@ -179,7 +179,19 @@ fn check_token_response(body: &[u8]) -> Result<(), TestCaseError> {
             prop_assert_eq!(token.scope(), doc.get("scope").and_then(Value::as_str));
             prop_assert!(token.header_value().is_sensitive());
         }
-        (Err(error), None) => prop_assert_eq!(error.kind(), ErrorKind::InvalidTokenResponse),
+        (Err(error), None) => {
+            // An OAuth error answered with 2xx (no token, a string `error`) is the rejection
+            // it states; anything else is an invalid response.
+            let states_error = doc.as_ref().is_some_and(|doc| {
+                doc.get("access_token").is_none() && doc.get("error").is_some_and(Value::is_string)
+            });
+            let expected = if states_error {
+                ErrorKind::TokenRejected
+            } else {
+                ErrorKind::InvalidTokenResponse
+            };
+            prop_assert_eq!(error.kind(), expected);
+        }
         (Ok(_), None) => prop_assert!(false, "accepted an invalid token response"),
         (Err(error), Some(_)) => prop_assert!(false, "refused a valid token response: {error}"),
     }
@@ -255,7 +267,7 @@ proptest! {
 
     #[test]
     fn valid_token_responses_are_accepted(doc in valid_token_doc()) {
-        let token = parse_token_response(doc.to_string().as_bytes(), Instant::now(), DEFAULT);
+        let token = parse_token_response(doc.to_string().as_bytes(), Instant::now(), DEFAULT, &[]);
         prop_assert!(token.is_ok(), "{doc}: {token:?}");
     }
 

@@ -196,6 +196,7 @@ mod tests {
                     &body,
                     tokio::time::Instant::now(),
                     std::time::Duration::from_secs(300),
+                    &[],
                 );
                 assert_eq!(parsed.is_ok(), usable, "{token_type}");
                 if let Ok(token) = &parsed {
@@ -228,6 +229,7 @@ mod tests {
                     body,
                     tokio::time::Instant::now(),
                     std::time::Duration::from_secs(300),
+                    &[],
                 );
                 // A key given twice: the last one counts (as before).
                 if let Ok(token) = &parsed {

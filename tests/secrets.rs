@@ -90,6 +90,11 @@ async fn no_token_assertion_or_key_appears_in_logs_debug_display_or_errors() {
         MockResponse::json(
             &serde_json::json!({"access_token": "leaky-token-123456", "token_type": "DPoP"}),
         ),
+        // An OAuth error answered with 200, echoing an assertion and a token.
+        MockResponse::json(&serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("bad assertion {} with {issued_so_far}", echoed.as_str()),
+        })),
     ];
     for failure in failures {
         mock.push_token_response(failure);

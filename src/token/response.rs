@@ -27,10 +27,15 @@ fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 /// and `default_lifetime` stands in when it is missing; `refresh_token` is ignored. The body is
 /// never copied into an error: it may hold a token. The parsed copy is wiped before it is freed,
 /// on every path (see `crate::wipe`).
+///
+/// A body without `access_token` that is an RFC 6749 error (some servers answer errors with
+/// `200`) is the [`ErrorKind::TokenRejected`] it says, with its error, `secrets` hidden as in
+/// [`parse_error_response`].
 pub(crate) fn parse_token_response(
     body: &[u8],
     received_at: Instant,
     default_lifetime: Duration,
+    secrets: &[&str],
 ) -> Result<AccessToken, Error> {
     let parsed: JsonObject = serde_json::from_slice(body).map_err(|err| {
         invalid(if err.classify() == serde_json::error::Category::Data {
@@ -45,7 +50,17 @@ pub(crate) fn parse_token_response(
     let token = match object.get("access_token") {
         Some(Value::String(token)) => token,
         Some(_) => return Err(invalid("`access_token` is not a string")),
-        None => return Err(invalid("`access_token` is missing")),
+        // No token in this body: whatever error it states can be kept.
+        None => {
+            return Err(match oauth_error_in(object, secrets) {
+                Some(oauth) => Error::new(
+                    ErrorKind::TokenRejected,
+                    "the token endpoint answered 2xx with an error and no token",
+                )
+                .with_oauth(oauth),
+                None => invalid("`access_token` is missing"),
+            });
+        }
     };
     match object.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
@@ -126,6 +141,11 @@ fn parse_oauth_error_hiding(body: &[u8], secrets: &[&str]) -> Option<OAuthError>
     let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
+    oauth_error_in(&object, secrets)
+}
+
+/// The RFC 6749 error `object` states, if it is one (a string `error`).
+fn oauth_error_in(object: &serde_json::Map<String, Value>, secrets: &[&str]) -> Option<OAuthError> {
     let Some(Value::String(code)) = object.get("error") else {
         return None;
     };
@@ -162,7 +182,28 @@ mod tests {
     const DEFAULT: Duration = Duration::from_secs(300);
 
     fn parse(body: &str) -> Result<AccessToken, Error> {
-        parse_token_response(body.as_bytes(), Instant::now(), DEFAULT)
+        parse_token_response(body.as_bytes(), Instant::now(), DEFAULT, &[])
+    }
+
+    #[test]
+    fn an_oauth_error_answered_with_200_is_kept() {
+        let secret = "eyJhbGciOiJSUzUxMiJ9.eyJpc3MiOiJhcHAifQ.c2lnbmF0dXJlLW9mLXRoZS1hc3NlcnRpb24";
+        let body =
+            format!(r#"{{"error":"invalid_client","error_description":"bad assertion {secret}"}}"#);
+        let error =
+            parse_token_response(body.as_bytes(), Instant::now(), DEFAULT, &[secret]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TokenRejected);
+        let oauth = error.oauth_error().unwrap();
+        assert_eq!(oauth.code, OAuthErrorCode::InvalidClient);
+        assert!(!error.to_string().contains(secret), "{error}");
+        assert!(error.to_string().contains("invalid_client"), "{error}");
+        // Without an `error`, or with a token, it stays an invalid response.
+        for body in [r#"{"token_type":"Bearer"}"#, r#"{"error":7}"#] {
+            assert_eq!(
+                parse(body).unwrap_err().kind(),
+                ErrorKind::InvalidTokenResponse
+            );
+        }
     }
 
     #[test]

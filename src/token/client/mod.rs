@@ -181,7 +181,16 @@ impl ClientCredentials {
             .with_status(status));
         }
         if status.is_success() {
-            let token = parse_token_response(&body, received_at, inner.default_lifetime)?;
+            let token = parse_token_response(
+                &body,
+                received_at,
+                inner.default_lifetime,
+                &[assertion.as_str()],
+            )
+            .map_err(|error| match error.kind() {
+                ErrorKind::TokenRejected => error.with_status(status),
+                _ => error,
+            })?;
             // When a resource server starts taking it: the JWT's own claims, else the moment the
             // auth server answered (by its clock).
             let not_before = jwt_valid_from(token.as_str())
