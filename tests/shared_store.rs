@@ -301,6 +301,29 @@ async fn a_lease_that_never_comes_free_is_waited_on_for_two_lease_periods_at_mos
     assert_eq!(source.fetches_started(), 1);
 }
 
+/// A lease longer than half the refresh attempt (300 s against the default 60 s): an instance
+/// waits on a dead holder for half its attempt, then fetches alone, instead of having every
+/// attempt cut off until the lease lapses (five minutes without a token).
+#[tokio::test(start_paused = true)]
+async fn a_long_lease_is_waited_on_for_half_the_attempt_timeout_at_most() {
+    let lease = koppeltaal_auth::store::MAX_LEASE;
+    let policy = StorePolicy::default().lease(lease);
+    let source = FakeTokenSource::new();
+    let store = MemoryTokenStore::new();
+    store.take_lease_and_die(lease);
+    let refresh = RefreshPolicy::default().wait_timeout(Duration::from_secs(120));
+    let cell = TokenCell::with_store(source.clone(), refresh, store.clone(), policy);
+    let started = Instant::now();
+    cell.token().await.unwrap();
+    let waited = Instant::now() - started;
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_millis(30_050),
+        "half the 60 s attempt: {waited:?}"
+    );
+    assert_eq!(source.fetches_started(), 1);
+    assert_eq!(cell.stats().fetches_failed, 0, "no attempt was cut off");
+}
+
 /// How long a shared token has left is measured by the store, never from an instance's wall
 /// clock: an instance that adopts it late expires it exactly when its publisher does, so
 /// instances whose clocks disagree (by any amount) cannot send it after it expired.

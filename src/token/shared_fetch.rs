@@ -186,7 +186,11 @@ impl Context<'_> {
             Ok(None) => {}
             Err(()) => return (self.source.fetch().await, Via::Fallback),
         }
-        let mut deadline = later(Instant::now(), lease);
+        // Never waiting on others for more than half the attempt: the rest is for a fetch of
+        // its own (a lease longer than that would otherwise cut every attempt off while a dead
+        // holder's lease runs).
+        let give_up = later(Instant::now(), self.policy.attempt_timeout / 2);
+        let mut deadline = later(Instant::now(), lease).min(give_up);
         let mut lapsed = false;
         loop {
             match bounded(timeout, self.store.try_lease(lease)).await {
@@ -205,17 +209,18 @@ impl Context<'_> {
             // Another instance holds the lease: wait for its token, trying the lease at every
             // look, so that a holder that gives up (its fetch failed) is replaced within one
             // poll interval, and one that died when its lease lapses.
-            if Instant::now() >= deadline && !lapsed {
+            let now = Instant::now();
+            if now >= deadline && !lapsed && now < give_up {
                 // The lease waited on has lapsed, and another instance took it meanwhile (this
                 // one could not): it gets a lease period too, so that one instance fetches for
                 // the fleet, not every one that waited on a holder that died.
                 lapsed = true;
-                deadline = later(Instant::now(), lease);
+                deadline = later(now, lease).min(give_up);
                 tracing::debug!(
                     lease_ms = lease.as_millis() as u64,
                     "the refresh lease lapsed and another instance took it: waiting for its token"
                 );
-            } else if Instant::now() >= deadline {
+            } else if now >= deadline {
                 tracing::warn!(
                     lease_ms = lease.as_millis() as u64,
                     "the instance holding the refresh lease published no token in time: fetching"
