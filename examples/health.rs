@@ -46,9 +46,19 @@ fn describe(health: &Health) -> Value {
 /// Readiness: route traffic here only while requests get a token without waiting.
 async fn readyz(State(auth): State<Authenticator>) -> (StatusCode, Json<Value>) {
     let health = auth.health();
-    if health == (Health::Absent { refreshing: false }) {
-        // Nothing has asked for a token (yet): start a fetch, so that the instance becomes
-        // ready without waiting for traffic it does not get while it is not ready.
+    // Nothing has asked for a token (yet), or the last attempt failed and left none: start a
+    // fetch (single-flight, after any backoff), so that the instance becomes ready without
+    // waiting for traffic it does not get while it is not ready. (The background refresher
+    // retries a failing cell by itself; with `background_refresh(false)` only callers do.)
+    let idle = matches!(
+        health,
+        Health::Absent { refreshing: false }
+            | Health::Failing {
+                usable_for: None,
+                ..
+            }
+    );
+    if idle {
         tokio::spawn(async move { auth.ready().await });
     }
     let status = if health.is_ready() {
