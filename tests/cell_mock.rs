@@ -97,21 +97,3 @@ async fn the_cell_never_logs_a_token() {
     }
     assert!(!format!("{cell:?} {renewed:?}").contains(second.as_str()));
 }
-
-/// A server that answers an OAuth error with `200` (no token): the caller sees the rejection and
-/// the server's error, as for a `400`, not "`access_token` is missing".
-#[tokio::test]
-async fn an_oauth_error_answered_with_200_is_reported_as_the_servers_rejection() {
-    let mock = mock().await;
-    mock.push_token_response(MockResponse::json(&json!({
-        "error": "invalid_client", "error_description": "unknown key"
-    })));
-    let error = koppeltaal_auth::TokenSource::fetch(&source(&mock, rsa_key()))
-        .await
-        .unwrap_err();
-    assert_eq!(error.kind(), koppeltaal_auth::ErrorKind::TokenRejected);
-    assert_eq!(error.status(), Some(http::StatusCode::OK));
-    let oauth = error.oauth_error().expect("the server's error");
-    assert_eq!(oauth.description.as_deref(), Some("unknown key"));
-    assert!(!error.is_transient());
-}

@@ -160,11 +160,16 @@ async fn server_faults_are_transient_and_carry_retry_after() {
         }))
         .header("x", "y"),
     );
-    // A 200 carrying an error object is still not a token.
+    // A 200 carrying an error object is still not a token: the rejection it states, with the
+    // server's reason, and as permanent as the same error under a 400.
+    let err = fetch_err(&source).await;
     assert_eq!(
-        fetch_err(&source).await.kind(),
-        ErrorKind::InvalidTokenResponse
+        (err.kind(), err.status()),
+        (ErrorKind::TokenRejected, Some(StatusCode::OK))
     );
+    let oauth = err.oauth_error().expect("the server's error");
+    assert_eq!(oauth.description.as_deref(), Some("assertion expired"));
+    assert!(!err.is_transient());
     mock.push_token_response(MockResponse::new(
         StatusCode::BAD_REQUEST,
         r#"{"error":"invalid_client","error_description":"assertion expired"}"#,
