@@ -70,7 +70,10 @@ impl fmt::Debug for KoppeltaalAuthBuilder {
 impl KoppeltaalAuthBuilder {
     /// Sets the FHIR base URL of the Koppeltaal domain. Required. Tokens go to requests under
     /// it (same scheme, host and port, path under its path) and nowhere else. Must be `https`
-    /// (plain `http` only for loopback hosts).
+    /// (plain `http` only for loopback hosts), and written as a URL parser writes it (no dot
+    /// segments, nothing it would percent-encode, no `:0443`; case, a default port and a
+    /// trailing slash do not matter): requests are built from this text, and must match the
+    /// scope of the parsed URL. [`build`](Self::build) names the form to write otherwise.
     pub fn fhir_base_url(mut self, url: impl Into<String>) -> Self {
         self.fhir_base = Some(url.into());
         self
@@ -300,26 +303,7 @@ impl KoppeltaalAuthBuilder {
             .fhir_base
             .as_deref()
             .ok_or_else(|| Error::config("fhir_base_url is required"))?;
-        if crate::endpoint::has_stray_bytes(base) {
-            // The URL parser would drop them, but `fhir_base_url()` hands the text back as set.
-            return Err(Error::config(
-                "FHIR base URL holds whitespace or a control character (a trailing newline from \
-                 a file or a secret?)",
-            ));
-        }
-        let url = Url::parse(base).map_err(|err| {
-            Error::config("FHIR base URL is not an absolute URL").with_source(err)
-        })?;
-        // Requests are built from the text as set (`fhir_base_url()` hands it back), but the
-        // scope from the parsed URL: a spelling the parser rewrites (a dot segment, a character
-        // it percent-encodes, `:0443`) would send every such request without the token.
-        if !FhirScope::new(&url)?.spelled_as(base) {
-            return Err(Error::config(format!(
-                "FHIR base URL is not in the form a URL parser gives it: write it as {}",
-                url.as_str().trim_end_matches('/')
-            )));
-        }
-        Ok(url)
+        FhirScope::parse(base).map(|(url, _)| url)
     }
 
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use tower_layer::Layer;
-use url::Url;
 
 use crate::error::Error;
 use crate::scope::FhirScope;
@@ -47,15 +46,14 @@ impl KoppeltaalAuthLayer {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `fhir_base` is not an absolute
-    /// `https` URL (plain `http` is allowed for loopback hosts only).
+    /// `https` URL (plain `http` is allowed for loopback hosts only), or not in the form a URL
+    /// parser gives it (see [`KoppeltaalAuthBuilder::fhir_base_url`](crate::KoppeltaalAuthBuilder::fhir_base_url)).
     pub fn new(cell: TokenCell, fhir_base: &str) -> Result<Self, Error> {
-        let base = Url::parse(fhir_base).map_err(|err| {
-            Error::config("FHIR base URL is not an absolute URL").with_source(err)
-        })?;
+        let (_, scope) = FhirScope::parse(fhir_base)?;
         Ok(Self {
             shared: Arc::new(AuthShared {
                 cell,
-                scope: FhirScope::new(&base)?,
+                scope,
                 replay: true,
             }),
         })

@@ -198,6 +198,10 @@ fn a_fhir_base_the_url_parser_would_rewrite_is_a_configuration_error() {
             .token_endpoint("https://auth.example.org/token")
             .build()
     };
+    let cell = koppeltaal_auth::TokenCell::new(
+        koppeltaal_auth::testing::FakeTokenSource::new(),
+        koppeltaal_auth::RefreshPolicy::default(),
+    );
     for (base, normal) in [
         (
             "https://fhir.example.org/fhir/x/../DEFAULT",
@@ -230,6 +234,15 @@ fn a_fhir_base_the_url_parser_would_rewrite_is_a_configuration_error() {
             err.to_string().contains(&format!("write it as {normal}")),
             "{base}: {err}"
         );
+        // The layers made from a base of one's own check the same.
+        let layer = koppeltaal_auth::KoppeltaalAuthLayer::new(cell.clone(), base).unwrap_err();
+        let trace = koppeltaal_auth::trace::KoppeltaalTraceLayer::new(base).unwrap_err();
+        for err in [layer, trace] {
+            assert!(
+                err.to_string().contains(&format!("write it as {normal}")),
+                "{base}: {err}"
+            );
+        }
     }
     for base in [
         "https://fhir.example.org/fhir",
@@ -239,6 +252,7 @@ fn a_fhir_base_the_url_parser_would_rewrite_is_a_configuration_error() {
         "https://fhir.example.org",
         "https://fhir.example.org/f%68ir",
     ] {
+        assert!(koppeltaal_auth::KoppeltaalAuthLayer::new(cell.clone(), base).is_ok());
         let auth = build(base).unwrap();
         let request = format!("{}/Patient", auth.fhir_base_url().trim_end_matches('/'));
         assert!(auth.covers(&request), "{base}: {request}");

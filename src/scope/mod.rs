@@ -23,6 +23,31 @@ pub(crate) struct FhirScope {
 }
 
 impl FhirScope {
+    /// The FHIR base as configured (`text`, handed back as set by `fhir_base_url()`), parsed,
+    /// and its scope. Refused: whitespace or control characters (the parser would drop them),
+    /// and a spelling the parser rewrites (a dot segment, a character it percent-encodes,
+    /// `:0443`, a backslash): requests are built from the text, the scope from the parsed URL,
+    /// so every such request would go out without the token.
+    pub(crate) fn parse(text: &str) -> Result<(Url, Self), Error> {
+        if crate::endpoint::has_stray_bytes(text) {
+            return Err(Error::config(
+                "FHIR base URL holds whitespace or a control character (a trailing newline from \
+                 a file or a secret?)",
+            ));
+        }
+        let url = Url::parse(text).map_err(|err| {
+            Error::config("FHIR base URL is not an absolute URL").with_source(err)
+        })?;
+        let scope = Self::new(&url)?;
+        if !scope.spelled_as(text) {
+            return Err(Error::config(format!(
+                "FHIR base URL is not in the form a URL parser gives it: write it as {}",
+                url.as_str().trim_end_matches('/')
+            )));
+        }
+        Ok((url, scope))
+    }
+
     /// The scope of `base`, which must be HTTPS (or HTTP on a loopback host).
     pub(crate) fn new(base: &Url) -> Result<Self, Error> {
         check_secure("FHIR base URL", base)?;
@@ -57,7 +82,7 @@ impl FhirScope {
     /// Whether `text`, the base as configured, is spelled so that a request URI made by
     /// appending to it is in this scope: the scheme and an authority this scope takes (any
     /// case), and the path exactly as the parser left it (a trailing slash aside).
-    pub(crate) fn spelled_as(&self, text: &str) -> bool {
+    fn spelled_as(&self, text: &str) -> bool {
         let Some((scheme, rest)) = text.split_once("://") else {
             return false;
         };

@@ -11,7 +11,6 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use url::Url;
 
 use super::ids::stamp;
 use super::{ResponseTrace, TraceContext, TraceIds};
@@ -75,12 +74,10 @@ impl KoppeltaalTraceLayer {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `fhir_base` is not an absolute
-    /// `https` URL (plain `http` is allowed for loopback hosts only).
+    /// `https` URL (plain `http` is allowed for loopback hosts only), or not in the form a URL
+    /// parser gives it (see [`KoppeltaalAuthBuilder::fhir_base_url`](crate::KoppeltaalAuthBuilder::fhir_base_url)).
     pub fn new(fhir_base: &str) -> Result<Self, Error> {
-        let base = Url::parse(fhir_base).map_err(|err| {
-            Error::config("FHIR base URL is not an absolute URL").with_source(err)
-        })?;
-        Ok(Self::from_scope(FhirScope::new(&base)?))
+        Ok(Self::from_scope(FhirScope::parse(fhir_base)?.1))
     }
 
     pub(crate) fn from_scope(scope: FhirScope) -> Self {
