@@ -285,6 +285,26 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
         Some(3),
         "a 503 is a network-class failure"
     );
+    // An OAuth error answered with 200 refuses the credentials as a 400 would.
+    mock.push_token_response(koppeltaal_auth::testing::MockResponse::json(
+        &serde_json::json!({"error": "invalid_client", "error_description": "unknown key"}),
+    ));
+    let refused = run(&[
+        "token",
+        "--client-id",
+        "c",
+        "--key",
+        &rsa,
+        "--token-endpoint",
+        &endpoint,
+    ])
+    .await;
+    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("unknown key"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

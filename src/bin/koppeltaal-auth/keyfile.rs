@@ -109,8 +109,11 @@ pub(crate) fn load_key(
     SigningKey::from_pem_file(path, alg, kid).map_err(|err| {
         let mut failure = Failure::from(err);
         let shown = path.display().to_string();
-        // A read error names the file already; a parse error does not.
-        if !failure.message.contains(&shown) {
+        // A read error names the file already ("cannot read the key <path>", "<path> is larger
+        // than ..."); a parse error does not.
+        let named = failure.message.contains(&format!("the key {shown}"))
+            || failure.message.contains(&format!("{shown} is larger than"));
+        if !named {
             failure.message = format!("{shown}: {}", failure.message);
         }
         failure

@@ -27,7 +27,8 @@ Exit codes:
   2  configuration: bad arguments, unreadable or unsuitable key, plain http to a non-loopback
      host, a token endpoint answering 404 or a redirect
   3  network: the server could not be reached, timed out, or answered 5xx/408/429
-  4  rejected credentials: the token endpoint refused the client assertion (400/401/403)";
+  4  rejected credentials: the token endpoint refused the client assertion (400/401/403, or
+     an OAuth error in a 2xx)";
 
 /// Koppeltaal 2.0 keys and tokens: SMART Backend Services from the command line.
 #[derive(Parser, Debug)]
@@ -103,10 +104,11 @@ impl From<Error> for Failure {
             ErrorKind::Transport | ErrorKind::Timeout | ErrorKind::WaitTimeout => 3,
             // The assertion refused. Any other answer (404 for a mistyped endpoint, 405, a
             // redirect) means the endpoint is not one: a configuration error.
+            // (A 2xx that states an OAuth error refuses the assertion as a 400 would.)
             ErrorKind::TokenRejected
-                if err
-                    .status()
-                    .is_none_or(|status| matches!(status.as_u16(), 400 | 401 | 403)) =>
+                if err.status().is_none_or(|status| {
+                    matches!(status.as_u16(), 400 | 401 | 403) || status.is_success()
+                }) =>
             {
                 4
             }
