@@ -233,8 +233,9 @@ impl StorePolicy {
     /// the lease as soon as it is released without one (the holder's fetch failed) or lapses
     /// (the holder died). When it lapses while several wait, the one that takes it fetches and
     /// the others wait for its token one more lease period at most, then fetch alone; and none
-    /// waits longer than half its [`attempt_timeout`](crate::RefreshPolicy::attempt_timeout)
-    /// (the other half is for its own fetch). Defaults
+    /// waits longer than three quarters of its
+    /// [`attempt_timeout`](crate::RefreshPolicy::attempt_timeout) (the rest is for its own
+    /// fetch). Defaults
     /// to 15 s (longer than a token request's timeout); kept between [`MIN_LEASE`] and
     /// [`MAX_LEASE`].
     pub fn lease(mut self, lease: Duration) -> Self {

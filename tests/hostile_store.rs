@@ -11,13 +11,17 @@ use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::token::BoxFuture;
 use koppeltaal_auth::{Error, RefreshPolicy, TokenCell};
 
-/// A store whose entry is whatever the test put there (and then what the cell saved).
+/// A store whose entry is whatever the test put there (and then what the cell saved), each load
+/// taking the given time.
 #[derive(Clone)]
-struct Planted(Arc<Mutex<Option<StoredToken>>>);
+struct Planted(Arc<Mutex<Option<StoredToken>>>, Duration);
 
 impl TokenStore for Planted {
     fn load(&self) -> BoxFuture<'_, Result<Option<StoredToken>, Error>> {
-        Box::pin(async move { Ok(self.0.lock().unwrap().clone()) })
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            Ok(self.0.lock().unwrap().clone())
+        })
     }
     fn save<'a>(&'a self, token: &'a StoredToken) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
@@ -34,7 +38,15 @@ impl TokenStore for Planted {
 }
 
 fn cell_over(entry: StoredToken, policy: RefreshPolicy) -> (FakeTokenSource, TokenCell, Planted) {
-    let store = Planted(Arc::new(Mutex::new(Some(entry))));
+    cell_over_slow(entry, policy, Duration::ZERO)
+}
+
+fn cell_over_slow(
+    entry: StoredToken,
+    policy: RefreshPolicy,
+    load_time: Duration,
+) -> (FakeTokenSource, TokenCell, Planted) {
+    let store = Planted(Arc::new(Mutex::new(Some(entry))), load_time);
     let source = FakeTokenSource::new();
     let cell = TokenCell::with_store(
         source.clone(),
@@ -107,6 +119,27 @@ async fn a_stored_token_inside_the_expiry_margin_is_not_adopted() {
     assert_eq!(token.value(), "Bearer fake-token-1");
     assert_eq!(source.fetches_completed(), 1, "fetched its own");
     assert_eq!(cell.stats().adopted_from_store, 0);
+    assert_eq!(cell.stats().fetches_failed, 0);
+}
+
+/// The same when the look at the store takes time (250 ms, inside its 300 ms bound): the time left
+/// counts from before the look, so a token just outside the margin when asked for is inside it
+/// when installed. Not adopted either.
+#[tokio::test(start_paused = true)]
+async fn a_stored_token_the_store_round_trip_takes_inside_the_margin_is_not_adopted() {
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(Duration::ZERO, 0.02, 0.02)
+        .refresh_jitter(0.0);
+    let entry = StoredToken::new(
+        "stored-token",
+        Duration::from_millis(10_200),
+        Duration::from_secs(300),
+        None,
+    );
+    let (source, cell, _store) = cell_over_slow(entry, policy, Duration::from_millis(250));
+    let token = cell.token().await.unwrap();
+    assert_eq!(token.value(), "Bearer fake-token-1");
+    assert_eq!(source.fetches_completed(), 1, "fetched its own");
     assert_eq!(cell.stats().fetches_failed, 0);
 }
 

@@ -124,16 +124,19 @@ fn time_left(stored: &StoredToken) -> Duration {
 
 impl Context<'_> {
     /// A stored token this instance should take: before its own refresh point and outside its
-    /// expiry margin (a short custom refresh-ahead can be the smaller), longer-lived than the
-    /// token being replaced, and not the one the server rejected.
+    /// expiry margin (a short custom refresh-ahead can be the smaller) by the time it is
+    /// installed (after the look and perhaps a lease release, each bounded by the store's
+    /// operation timeout), longer-lived than the token being replaced, and not the one the
+    /// server rejected.
     fn acceptable(&self, stored: &StoredToken) -> bool {
         let remaining = time_left(stored);
         let lifetime = stored.lifetime();
-        remaining
-            > self
-                .policy
-                .refresh_ahead_for(lifetime, 0.0)
-                .max(self.policy.expiry_margin_for(lifetime))
+        let round_trips = self.store_policy.operation_timeout.saturating_mul(2);
+        let margin = self
+            .policy
+            .expiry_margin_for(lifetime)
+            .saturating_add(round_trips);
+        remaining > self.policy.refresh_ahead_for(lifetime, 0.0).max(margin)
             && self
                 .current
                 .is_none_or(|(current, left)| digest(stored.token()) != current && remaining > left)
@@ -186,10 +189,11 @@ impl Context<'_> {
             Ok(None) => {}
             Err(()) => return (self.source.fetch().await, Via::Fallback),
         }
-        // Never waiting on others for more than half the attempt: the rest is for a fetch of
-        // its own (a lease longer than that would otherwise cut every attempt off while a dead
-        // holder's lease runs).
-        let give_up = later(Instant::now(), self.policy.attempt_timeout / 2);
+        // Never waiting on others for more than three quarters of the attempt: the rest is for
+        // a fetch of its own (a lease longer than that would otherwise cut every attempt off
+        // while a dead holder's lease runs; a quarter, 15 s of the default 60 s, is many token
+        // requests' time, and a short attempt timeout still waits out a live holder's fetch).
+        let give_up = later(Instant::now(), self.policy.attempt_timeout.mul_f64(0.75));
         let mut deadline = later(Instant::now(), lease).min(give_up);
         let mut lapsed = false;
         loop {
