@@ -162,12 +162,12 @@ fn urls_with_whitespace_or_control_characters_are_configuration_errors() {
 }
 
 /// The same mistake in the client id (read from a file or `KOPPELTAAL_CLIENT_ID`): it goes into
-/// the assertion's `iss` and `sub`, and the server answers a bare 401. Refused, as is one too
-/// long to be an id.
+/// the assertion's `iss` and `sub`, and the server answers a bare 401. Refused: control
+/// characters, whitespace around it, and one too long to be an id.
 #[test]
 fn client_ids_with_whitespace_or_control_characters_are_configuration_errors() {
     let too_long = "x".repeat(koppeltaal_auth::MAX_CLIENT_ID_LEN + 1);
-    for client_id in ["app\n", " app", "my app", "app\0", "app\u{a0}", &too_long] {
+    for client_id in ["app\n", " app", "my\tapp", "app\0", "app\u{a0}", &too_long] {
         let err = koppeltaal_auth::KoppeltaalAuth::builder()
             .fhir_base_url("https://fhir.example.org/fhir")
             .client_id(client_id)
@@ -180,8 +180,11 @@ fn client_ids_with_whitespace_or_control_characters_are_configuration_errors() {
         let direct = koppeltaal_auth::ClientAssertion::new(client_id, "https://a/t").unwrap_err();
         assert_eq!(direct.kind(), ErrorKind::Config, "{client_id:?}");
     }
+    // RFC 6749 allows spaces inside one (VSCHAR).
     let longest = "x".repeat(koppeltaal_auth::MAX_CLIENT_ID_LEN);
-    assert!(koppeltaal_auth::ClientAssertion::new(longest, "https://a/t").is_ok());
+    for client_id in [longest.as_str(), "my app"] {
+        assert!(koppeltaal_auth::ClientAssertion::new(client_id, "https://a/t").is_ok());
+    }
 }
 
 /// A FHIR base that the URL parser rewrites: the scope comes from the parsed URL, but requests

@@ -78,22 +78,20 @@ impl ClientAssertion {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`] if either is empty, or the client id holds whitespace or a control
-    /// character (a trailing newline from a file or a secret: the server would answer a bare
-    /// `401`) or is longer than [`MAX_CLIENT_ID_LEN`].
+    /// [`ErrorKind::Config`] if either is empty, or the client id holds a control character or
+    /// starts or ends with whitespace (a trailing newline from a file or a secret: the server
+    /// would answer a bare `401`), or is longer than [`MAX_CLIENT_ID_LEN`].
     pub fn new(client_id: impl Into<String>, audience: impl Into<String>) -> Result<Self, Error> {
         let client_id = client_id.into();
         let audience = audience.into();
         if client_id.is_empty() {
             return Err(Error::config("client id must not be empty"));
         }
-        if client_id
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
+        // RFC 6749 allows spaces inside a client id (VSCHAR), not around it.
+        if client_id.chars().any(char::is_control) || client_id.trim() != client_id {
             return Err(Error::config(
-                "client id holds whitespace or a control character (a trailing newline from a \
-                 file or a secret?)",
+                "client id holds a control character or starts or ends with whitespace (a \
+                 trailing newline from a file or a secret?)",
             ));
         }
         if client_id.len() > MAX_CLIENT_ID_LEN {

@@ -24,8 +24,9 @@ fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
 /// Parses a successful (2xx) token response (RFC 6749 section 5.1, SMART Backend Services).
 ///
 /// `token_type` must be `bearer` in any case; `expires_in` may be a number or a numeric string,
-/// and `default_lifetime` stands in when it is missing; `refresh_token` is ignored. The body is
-/// never copied into an error: it may hold a token. The parsed copy is wiped before it is freed,
+/// and `default_lifetime` stands in when it is missing; `refresh_token` is ignored. A body with a
+/// token is never copied into an error (from one without, only the OAuth error's fields, as
+/// below). The parsed copy is wiped before it is freed,
 /// on every path (see `crate::wipe`).
 ///
 /// A body without `access_token` that is an RFC 6749 error (some servers answer errors with
