@@ -222,7 +222,8 @@ impl Context<'_> {
                 deadline = later(now, lease).min(give_up);
                 tracing::debug!(
                     lease_ms = lease.as_millis() as u64,
-                    "the refresh lease lapsed and another instance took it: waiting for its token"
+                    "the refresh lease is still held after a lease period (taken by another \
+                     instance when it lapsed, or a slow holder): waiting one more for its token"
                 );
             } else if now >= deadline {
                 tracing::warn!(
