@@ -42,7 +42,7 @@ pub const MAX_CLIENT_ID_LEN: usize = 1024;
 /// use koppeltaal_auth::{ClientAssertion, SigningKey};
 ///
 /// # fn main() -> Result<(), koppeltaal_auth::Error> {
-/// # let key = SigningKey::from_pem(include_str!("../tests/data/test-only-p256-pkcs8.pem"), "k1")?;
+/// # let key = SigningKey::from_pem(include_str!("../../tests/data/test-only-p256-pkcs8.pem"), "k1")?;
 /// let assertion = ClientAssertion::new("my-client-id", "https://auth.example.org/oauth2/token")?;
 ///
 /// // What a token request sends: a fresh jti, the current time.
