@@ -10,8 +10,8 @@
 //! [`KoppeltaalAuthLayer`] does all of that for any tower HTTP service: it keeps the token in a
 //! shared [`TokenCell`] (read without waiting on every request, and checked against the clock),
 //! refreshes it ahead of expiry in the background, adds it only to requests for the configured
-//! FHIR base, and on a `401` renews it once and replays the request. `KoppeltaalAuthMiddleware`
-//! (feature `reqwest-middleware`) does the same for reqwest.
+//! FHIR base, and on a `401` renews it once per token generation and sends the request again.
+//! `KoppeltaalAuthMiddleware` (feature `reqwest-middleware`) does the same for reqwest.
 //!
 //! # Example
 //!
@@ -57,7 +57,7 @@
 //!
 //! - `reqwest-middleware`: `KoppeltaalAuthMiddleware` and `KoppeltaalTraceMiddleware`.
 //! - `test-util`: `testing::MockKoppeltaal`, an in-process Koppeltaal auth and FHIR server on
-//!   loopback, and `testing::FakeTokenSource`, for tests.
+//!   loopback, `testing::FakeTokenSource` and `testing::MemoryTokenStore`, for tests.
 //! - `cli`: the `koppeltaal-auth` command-line tool: `keygen`, `jwks`, `token`, `get`, `mock`.
 //! - `redis`: `RedisTokenStore`, one token per lifetime for a whole deployment (see [`store`]).
 //! - `opentelemetry`: the cell's OpenTelemetry metrics (`KoppeltaalAuthBuilder::meter`).

@@ -236,7 +236,7 @@ async fn redis_stopped_mid_run_fails_no_request() {
         return;
     }
     let Some(mut redis) = PrivateRedis::start() else {
-        eprintln!("skipped: no redis-server binary to start and stop");
+        eprintln!("SKIPPED: no redis-server to start and stop, install redis-server");
         return;
     };
     let (mock, stop, instances) = three_instances_on(&redis.url).await;
@@ -270,7 +270,7 @@ async fn a_redis_that_hangs_fails_no_request_and_delays_none_long() {
         return;
     }
     let Some(redis) = PrivateRedis::start_with(&["--enable-debug-command", "yes"]) else {
-        eprintln!("skipped: no redis-server binary to start");
+        eprintln!("SKIPPED: no redis-server to start, install redis-server");
         return;
     };
     let (mock, stop, instances) = three_instances_on(&redis.url).await;
@@ -310,7 +310,7 @@ async fn the_readmes_acl_is_all_the_store_needs_on_a_fresh_redis() {
         return;
     }
     let Some(redis) = PrivateRedis::start() else {
-        eprintln!("skipped: no redis-server binary to start");
+        eprintln!("SKIPPED: no redis-server to start, install redis-server");
         return;
     };
     let readme = include_str!("../README.md");
@@ -354,30 +354,35 @@ async fn the_readmes_acl_is_all_the_store_needs_on_a_fresh_redis() {
 }
 
 /// An ACL that lacks what the store needs costs sharing, not requests, and the warning says why:
-/// Redis's own `NOPERM` answer (it used to say only "Redis GET failed").
+/// Redis's own `NOPERM` answer (it used to say only "Redis GET failed"), never the URL with its
+/// password.
 #[tokio::test(flavor = "current_thread")]
 async fn a_store_the_acl_refuses_warns_with_redis_own_reason() {
     if redis_url().is_none() {
         return;
     }
     let Some(redis) = PrivateRedis::start() else {
-        eprintln!("skipped: no redis-server binary to start");
+        eprintln!("SKIPPED: no redis-server to start, install redis-server");
         return;
     };
-    let setuser = "ACL SETUSER app on >pw ~koppeltaal-auth:* +get +set +pttl +del";
+    let setuser =
+        "ACL SETUSER app on >redis-secret-pw-4711 ~koppeltaal-auth:* +get +set +pttl +del";
     let args: Vec<&str> = setuser.split(' ').collect();
     assert_eq!(redis.command(&args), "+OK\r\n");
     let (logs, _guard) = support::capture_logs();
     let mock = MockKoppeltaal::start().await.unwrap();
     mock.register_key(CLIENT_ID, &rsa_key());
+    let url = redis
+        .url
+        .replace("redis://", "redis://app:redis-secret-pw-4711@");
+    let store = RedisTokenStore::new(&url).unwrap();
+    let mut shown = vec![format!("{store:?}")];
     let auth = KoppeltaalAuth::builder()
         .fhir_base_url(mock.fhir_base_url())
         .client_id(CLIENT_ID)
         .signing_key(rsa_key())
         .token_endpoint(mock.token_endpoint())
-        .shared_store(
-            RedisTokenStore::new(&redis.url.replace("redis://", "redis://app:pw@")).unwrap(),
-        )
+        .shared_store(store)
         .build()
         .unwrap();
     auth.ready().await.unwrap();
@@ -387,4 +392,8 @@ async fn a_store_the_acl_refuses_warns_with_redis_own_reason() {
         text.contains("no permissions to run the 'eval' command"),
         "{text}"
     );
+    shown.extend([text, format!("{auth:?}")]);
+    for shown in shown {
+        assert!(!shown.contains("redis-secret-pw-4711"), "{shown}");
+    }
 }
