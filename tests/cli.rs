@@ -305,6 +305,33 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
         "{}",
         stderr(&refused)
     );
+    // The other documented classes: refusals 4, overload 3, any other 4xx or a redirect 2.
+    let token = [
+        "token",
+        "--client-id",
+        "c",
+        "--key",
+        &rsa,
+        "--token-endpoint",
+        &endpoint,
+    ];
+    for (status, code) in [(400, 4), (403, 4), (408, 3), (429, 3), (405, 2)] {
+        let status = http::StatusCode::from_u16(status).unwrap();
+        mock.fail_next_token_requests(1, status, None);
+        let output = run(&token).await;
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{status}: {}",
+            stderr(&output)
+        );
+    }
+    mock.push_token_response(
+        koppeltaal_auth::testing::MockResponse::new(http::StatusCode::TEMPORARY_REDIRECT, "")
+            .header("location", "https://elsewhere.example/token"),
+    );
+    let redirected = run(&token).await;
+    assert_eq!(redirected.status.code(), Some(2), "{}", stderr(&redirected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

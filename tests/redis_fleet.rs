@@ -339,6 +339,15 @@ async fn the_readmes_acl_is_all_the_store_needs_on_a_fresh_redis() {
     let loaded = store.load().await.unwrap().expect("the saved token");
     assert_eq!(loaded.token(), "stored-token");
     let owner = store.try_lease(Duration::from_secs(5)).await.unwrap();
+    // Released only by its owner.
+    store.release_lease("another-instance").await.unwrap();
+    assert!(
+        store
+            .try_lease(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
     store
         .release_lease(&owner.expect("the lease"))
         .await

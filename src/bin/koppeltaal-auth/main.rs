@@ -25,7 +25,7 @@ Exit codes:
   0  success
   1  the server answered, but not with success (an invalid token response, a non-2xx FHIR status)
   2  configuration: bad arguments, unreadable or unsuitable key, plain http to a non-loopback
-     host, a token endpoint answering 404 or a redirect
+     host, a token endpoint answering another 4xx (404, 405) or a redirect
   3  network: the server could not be reached, timed out, or answered 5xx/408/429
   4  rejected credentials: the token endpoint refused the client assertion (400/401/403, or
      an OAuth error in a 2xx)";
