@@ -322,3 +322,33 @@ where
 fn revoke(servers: &Servers, token: &str) {
     servers.revoked.lock().unwrap().insert(token.to_owned());
 }
+
+/// A late `401` for the token that served while its successor waited for the FHIR server's clock,
+/// arriving after the successor took over: nothing happens (the successor used to be dropped and
+/// renewed, as `previous` stays on it for its whole life).
+#[tokio::test(start_paused = true)]
+async fn a_late_401_for_a_previous_token_no_longer_serving_leaves_its_successor() {
+    let servers = Servers::new(-2_000, secs(300), 0);
+    let cell = TokenCell::new(Issuing(Arc::clone(&servers)), policy());
+    let client = KoppeltaalAuthLayer::new(cell.clone(), BASE)
+        .unwrap()
+        .replay_on_401(false)
+        .layer(fhir_service(&servers));
+    let start = Instant::now();
+    // A brand-new token-1 refused: the cell learns the FHIR server's clock.
+    assert_eq!(status_of(&client).await, StatusCode::UNAUTHORIZED);
+    // token-2 at the refresh point; once the FHIR server takes it (2 s later), it serves.
+    tokio::time::sleep_until(start + ms(243_000)).await;
+    assert_eq!(status_of(&client).await, StatusCode::OK);
+    let serving = cell.current().unwrap().generation();
+    assert_eq!(serving, 2);
+    let invalidations = cell.stats().invalidations;
+    // A slow request sent with token-1 comes back refused.
+    cell.invalidate(1);
+    assert_eq!(cell.stats().invalidations, invalidations, "nothing dropped");
+    assert_eq!(
+        cell.current().map(|token| token.generation()),
+        Some(serving)
+    );
+    assert_eq!(servers.fetches.load(Ordering::SeqCst), 2, "nothing renewed");
+}

@@ -77,7 +77,7 @@ impl CachedToken {
     pub(super) fn previous_at(&self, now: Instant) -> Option<&Previous> {
         self.previous
             .as_ref()
-            .filter(|previous| now < previous.usable_until)
+            .filter(|previous| now < self.valid_from && now < previous.usable_until)
     }
 
     /// What is handed out at `now` to a caller who needs a generation after `after`.

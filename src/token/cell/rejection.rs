@@ -214,21 +214,25 @@ impl Shared {
         let guard = self.current.load();
         // The token serving while its successor waits for the FHIR server's clock is rejected:
         // the successor was fetched before the rejection and may be refused as well (a
-        // revocation of all tokens): both go, and a new one is fetched.
+        // revocation of all tokens): both go, and a new one is fetched. Once the successor
+        // serves, a late rejection of its predecessor is of an older generation: nothing.
+        fn serving_previous(
+            cached: &super::CachedToken,
+            now: Instant,
+            generation: u64,
+        ) -> Option<&crate::token::AccessToken> {
+            cached
+                .previous_at(now)
+                .filter(|previous| previous.generation == generation)
+                .map(|previous| &previous.token)
+        }
         let Some(cached) = guard.as_ref().filter(|cached| {
-            cached.generation == generation
-                || cached
-                    .previous
-                    .as_ref()
-                    .is_some_and(|previous| previous.generation == generation)
+            cached.generation == generation || serving_previous(cached, now, generation).is_some()
         }) else {
             return false;
         };
         // The age of the token the server refused (not its successor's, which is dropped too).
-        let refused = match &cached.previous {
-            Some(previous) if previous.generation == generation => &previous.token,
-            _ => &cached.token,
-        };
+        let refused = serving_previous(cached, now, generation).unwrap_or(&cached.token);
         let age = now.saturating_duration_since(refused.received_at());
         if age < self.policy.young_token_age {
             sched.young_rejections = sched.young_rejections.saturating_add(1);
