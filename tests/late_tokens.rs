@@ -169,3 +169,74 @@ fn a_caller_waiting_out_a_backoff_gets_a_late_token_at_once() {
     assert_eq!(token.unwrap(), 2, "the late token, not a new fetch");
     assert!(waited < ms(6_000), "waited {waited:?}: the whole backoff");
 }
+
+/// A source like [`Held`] whose third fetch never answers.
+#[derive(Clone, Default)]
+struct HeldThenHung(Held);
+
+impl TokenSource for HeldThenHung {
+    fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+        Box::pin(async move {
+            if self.0.fetches.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                self.0
+                    .fetches
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            self.0.fetch().await
+        })
+    }
+}
+
+/// The same while the caller waits on a refresh of its own that hangs (not a backoff): the late
+/// token wakes it at once (it used to look again only when its own refresh might have stalled,
+/// 3 s later).
+#[test]
+fn a_caller_waiting_on_another_refresh_gets_a_late_token_at_once() {
+    let source = HeldThenHung::default();
+    let fetches = Arc::clone(&source.0.fetches);
+    let release = Arc::clone(&source.0.release);
+    let cell = TokenCell::new(source, RefreshPolicy::default().background_refresh(false));
+    let (go, gone) = std::sync::mpsc::channel::<()>();
+    let (blocked, blocking) = std::sync::mpsc::channel::<()>();
+    let stalled = std::thread::spawn({
+        let cell = cell.clone();
+        let fetches = Arc::clone(&fetches);
+        move || {
+            real_runtime().block_on(async {
+                cell.ready().await.unwrap();
+                assert!(cell.invalidate(1));
+                while fetches.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                    tokio::task::yield_now().await;
+                }
+                // The runtime's only thread blocks: the renewal stalls.
+                blocked.send(()).unwrap();
+                gone.recv().unwrap();
+                release.notify_one();
+                tokio::time::sleep(ms(200)).await;
+            });
+        }
+    });
+    blocking.recv().unwrap();
+    let (token, late_by) = within(secs(30), move || {
+        // Once the caller has given up on the stalled renewal and started its own (the third
+        // fetch), the stalled one ends.
+        let released_at = std::thread::spawn(move || {
+            while fetches.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                std::thread::sleep(ms(10));
+            }
+            std::thread::sleep(ms(300));
+            go.send(()).unwrap();
+            std::time::Instant::now()
+        });
+        let token = real_runtime().block_on(async { cell.token().await.map(|t| t.generation()) });
+        let returned_at = std::time::Instant::now();
+        (token, returned_at - released_at.join().unwrap())
+    });
+    stalled.join().unwrap();
+    assert_eq!(token.unwrap(), 2, "the late token");
+    assert!(
+        late_by < ms(1_500),
+        "{late_by:?} after the late token: not at once"
+    );
+}

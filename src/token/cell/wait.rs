@@ -5,6 +5,7 @@
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use tokio::time::Instant;
 
@@ -56,18 +57,34 @@ impl Shared {
                 Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
                 Kick::Running(mut flight) => {
                     let look_again = flight.stalls_at(self).min(deadline);
-                    let outcome = flight.outcome.wait_for(Option::is_some);
-                    match tokio::time::timeout_at(look_again, outcome).await {
-                        Ok(Ok(outcome)) => {
+                    let id = flight.id;
+                    // Until the flight ends, or a token is installed meanwhile (the late one of
+                    // a flight given up on), registered before looking again.
+                    let installed = self.installed.notified();
+                    let mut installed = pin!(installed);
+                    installed.as_mut().enable();
+                    if let Some(usable) = self.usable(Instant::now(), after) {
+                        return Ok(usable);
+                    }
+                    let mut outcome = pin!(flight.outcome.wait_for(Option::is_some));
+                    let woke = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(outcome) = outcome.as_mut().poll(cx) {
+                            return Poll::Ready(Some(outcome));
+                        }
+                        installed.as_mut().poll(cx).map(|()| None)
+                    });
+                    match tokio::time::timeout_at(look_again, woke).await {
+                        Ok(Some(Ok(outcome))) => {
                             if let Some(Err(error)) = &*outcome {
                                 return Err(error.clone());
                             }
                         }
                         // The guard always reports, so its sender cannot go first; if it did,
                         // the flight is over without a result.
-                        Ok(Err(_)) => self.give_up(flight.id),
-                        // Time to see whether the flight still runs, or the deadline.
-                        Err(_) => {}
+                        Ok(Some(Err(_))) => self.give_up(id),
+                        // A token installed, time to see whether the flight still runs, or the
+                        // deadline: look again.
+                        Ok(None) | Err(_) => {}
                     }
                 }
                 Kick::Quiet {
