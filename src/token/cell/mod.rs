@@ -95,7 +95,11 @@ use crate::store::{StorePolicy, TokenStore};
 /// [`current`](Self::current) still hands out a usable token, and a caller that needs a new one
 /// gets [`ErrorKind::NoRuntime`](crate::ErrorKind::NoRuntime); so does one on a runtime built
 /// without timers (`enable_time`), where the cell never makes a timer. While no runtime runs, no
-/// token is renewed; the first use on a running one renews it.
+/// token is renewed; the first use on a running one renews it. One case tokio itself cannot
+/// serve: waiting through `Handle::block_on` on a current-thread runtime that nobody drives
+/// (no `Runtime::block_on` running on it) drives neither its timers nor its tasks, so such a
+/// wait ends only when the runtime is driven again, not by the wait timeout; wait from the
+/// thread that owns the runtime, or from another runtime.
 ///
 /// # Example
 ///
