@@ -141,6 +141,67 @@ fn a_proactive_refresh_stuck_on_an_idle_runtime_is_taken_over_by_the_next_reques
     drop(idle);
 }
 
+/// The same when the idle runtime's thread keeps looking at the token without ever awaiting
+/// (`cell.current()` inside `Runtime::enter`): those looks must not keep the stuck refresh
+/// "alive" (they used to move its heartbeat on, so that requests on a runtime that runs did not
+/// take it over until the token ran out). Real time: the two threads look concurrently.
+#[test]
+fn synchronous_looks_on_the_idle_runtime_do_not_keep_a_stuck_refresh_alive() {
+    let source = FakeTokenSource::new().with_lifetime(secs(12));
+    // Refreshed 6 s after arrival, usable for 10.8 s.
+    let policy = RefreshPolicy::default()
+        .refresh_ahead(Duration::ZERO, 0.5, 0.5)
+        .refresh_jitter(0.0)
+        .expiry_margin(secs(1), 0.1)
+        .background_refresh(false);
+    let idle = real_runtime();
+    let cell = idle.block_on(async {
+        let cell = TokenCell::new(source.clone(), policy);
+        cell.ready().await.unwrap();
+        cell
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looking = std::thread::spawn({
+        let (cell, stop) = (cell.clone(), Arc::clone(&stop));
+        move || {
+            // Inside the idle runtime, never driving it: the refresh starts here, at 6 s.
+            let _entered = idle.enter();
+            while !stop.load(Ordering::Relaxed) {
+                assert!(cell.current().is_some());
+                std::thread::sleep(ms(50));
+            }
+        }
+    });
+    let seen = within(secs(20), move || {
+        std::thread::sleep(ms(7_000));
+        let other = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        other.block_on(async {
+            // Every 100 ms until 12 s (the first token is usable until 10.8 s).
+            let mut seen = Vec::new();
+            for _ in 0..50 {
+                seen.push(cell.current().map(|token| token.generation()));
+                tokio::time::sleep(ms(100)).await;
+            }
+            seen
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    looking.join().unwrap();
+    assert!(
+        seen.iter().all(Option::is_some),
+        "a request had no token: {seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&Some(2)),
+        "refreshed on the runtime that runs"
+    );
+}
+
 /// The same with the background refresher on a runtime that runs: it used to wait for the
 /// stuck flight to report, forever; it gives up on it once it stalls, and refreshes.
 #[test]

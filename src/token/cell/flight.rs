@@ -145,8 +145,15 @@ impl Shared {
 
     /// Joins the refresh in flight, or starts one on the current runtime, unless the backoff
     /// says not yet or the token the caller lacked was installed since it looked. A flight that
-    /// has stopped running is given up on first.
-    pub(super) fn kick(self: &Arc<Self>, now: Instant, reason: Reason, after: u64) -> Kick {
+    /// has stopped running is given up on first. `awaits`: the caller awaits next (a waiter, the
+    /// refresher), so that its runtime runs (see [`running_flight`](Self::running_flight)).
+    pub(super) fn kick(
+        self: &Arc<Self>,
+        now: Instant,
+        reason: Reason,
+        after: u64,
+        awaits: bool,
+    ) -> Kick {
         let mut sched = self.lock();
         // Tokens are installed under this lock, so this check cannot race with one.
         match self.ready_at(now, reason, after) {
@@ -154,7 +161,7 @@ impl Shared {
             Some(at) => return Kick::Pending(at),
             None => {}
         }
-        if let Some(flight) = self.running_flight(&mut sched, now).cloned() {
+        if let Some(flight) = self.running_flight(&mut sched, now, awaits).cloned() {
             // The fast path's next look is when the flight may have stalled.
             self.set_quiet(&sched);
             return Kick::Running(flight);
@@ -199,23 +206,27 @@ impl Shared {
     /// is idle, blocked or gone; or it outlived the attempt timeout): then it is given up on,
     /// as an attempt without a result (the backoff applies), and there is none. A flight waiting
     /// on the current-thread runtime the caller runs on is not given up on for its heartbeat: it
-    /// runs as soon as the caller awaits anything.
+    /// runs as soon as the caller awaits anything. Only a caller that `awaits` next moves its
+    /// heartbeat on; a synchronous look (the fast path) on that runtime leaves it as it is, so
+    /// that a caller on a runtime that runs still takes it over.
     pub(super) fn running_flight<'s>(
         &self,
         sched: &'s mut Sched,
         now: Instant,
+        awaits: bool,
     ) -> Option<&'s Flight> {
         let flight = sched.flight.as_ref()?;
-        if now >= flight.stalls_at(self)
-            && now < flight.overdue_at(self)
-            && flight.runs_with_caller()
-        {
+        let stalled = now >= flight.stalls_at(self);
+        if stalled && now < flight.overdue_at(self) && flight.runs_with_caller() {
             // Not run lately because its runtime was not driven (a `block_on` per call, with
-            // the program doing other things in between), but it is now: this caller runs on it.
-            flight
-                .heartbeat
-                .fetch_max(self.nanos(now), Ordering::AcqRel);
-        } else if now >= flight.stalls_at(self) {
+            // the program doing other things in between), but it is now if this caller awaits:
+            // it runs on it.
+            if awaits {
+                flight
+                    .heartbeat
+                    .fetch_max(self.nanos(now), Ordering::AcqRel);
+            }
+        } else if stalled {
             tracing::warn!(
                 running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
                 "the token refresh in flight is not being run (its runtime is idle, blocked or \
@@ -231,7 +242,7 @@ impl Shared {
         if self.nanos(now) < self.quiet_until.load(Ordering::Acquire) {
             return;
         }
-        let _ = self.kick(now, reason, 0);
+        let _ = self.kick(now, reason, 0, false);
     }
 
     /// Until when the fast path starts no refresh: while a flight runs, until it may have

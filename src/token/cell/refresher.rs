@@ -86,7 +86,7 @@ impl Shared {
     /// When the refresher should act next: `None` to sleep until woken.
     fn refresher_due(&self, now: Instant) -> Option<(Instant, Reason)> {
         let mut sched = self.lock();
-        if let Some(flight) = self.running_flight(&mut sched, now) {
+        if let Some(flight) = self.running_flight(&mut sched, now, true) {
             // Look again when it may have stalled: one that stops running (on an idle runtime,
             // say) is given up on then, and the refresh started here.
             return Some((flight.stalls_at(self), Reason::Proactive));
@@ -127,7 +127,7 @@ async fn refresher(guard: RefresherGuard, wake: Arc<Notify>) {
                     Some(last) if now < later(last, MIN_BACKOFF) => Some(later(last, MIN_BACKOFF)),
                     _ => {
                         kicked_at = Some(now);
-                        let _ = shared.kick(now, reason, 0);
+                        let _ = shared.kick(now, reason, 0, true);
                         continue;
                     }
                 },

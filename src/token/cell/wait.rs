@@ -52,7 +52,7 @@ impl Shared {
                 return Err(timed_out(""));
             }
             kicked = true;
-            match self.kick(now, Reason::Empty, after) {
+            match self.kick(now, Reason::Empty, after, true) {
                 Kick::Ready => {}
                 Kick::Pending(at) => tokio::time::sleep_until(at.min(deadline)).await,
                 Kick::Running(mut flight) => {
