@@ -144,7 +144,8 @@ fn a_proactive_refresh_stuck_on_an_idle_runtime_is_taken_over_by_the_next_reques
 /// The same when the idle runtime's thread keeps looking at the token without ever awaiting
 /// (`cell.current()` inside `Runtime::enter`): those looks must not keep the stuck refresh
 /// "alive" (they used to move its heartbeat on, so that requests on a runtime that runs did not
-/// take it over until the token ran out). Real time: the two threads look concurrently.
+/// take it over until the token ran out), nor start the next one there once the backoff after
+/// the give-up ends. Real time: the two threads look concurrently.
 #[test]
 fn synchronous_looks_on_the_idle_runtime_do_not_keep_a_stuck_refresh_alive() {
     let source = FakeTokenSource::new().with_lifetime(secs(12));
@@ -166,9 +167,11 @@ fn synchronous_looks_on_the_idle_runtime_do_not_keep_a_stuck_refresh_alive() {
         move || {
             // Inside the idle runtime, never driving it: the refresh starts here, at 6 s.
             let _entered = idle.enter();
+            // Every millisecond: so that this thread, not the runtime that runs, is the first
+            // to look once the backoff after the give-up ends.
             while !stop.load(Ordering::Relaxed) {
                 assert!(cell.current().is_some());
-                std::thread::sleep(ms(50));
+                std::thread::sleep(ms(1));
             }
         }
     });

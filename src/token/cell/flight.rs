@@ -176,6 +176,14 @@ impl Shared {
             Ok(runtime) => runtime,
             Err(why) => return Kick::NoRuntime(why),
         };
+        let current_thread =
+            (runtime.runtime_flavor() == RuntimeFlavor::CurrentThread).then(|| runtime.id());
+        if !awaits && current_thread.is_some() && current_thread == sched.stalled_runtime {
+            // A synchronous look on the runtime whose last flight was not run: a flight there
+            // would likely stall too, and hold back the callers on a runtime that runs. They,
+            // or a caller here that awaits, start it.
+            return Kick::Pending(later(now, STALLED_AFTER));
+        }
         self.unpark_refresher();
         sched.flights += 1;
         let (tx, rx) = watch::channel(None);
@@ -184,8 +192,7 @@ impl Shared {
             outcome: rx,
             started: now,
             heartbeat: Arc::new(AtomicU64::new(self.nanos(now))),
-            current_thread: (runtime.runtime_flavor() == RuntimeFlavor::CurrentThread)
-                .then(|| runtime.id()),
+            current_thread,
         };
         let guard = FlightGuard {
             shared: Arc::downgrade(self),
@@ -227,6 +234,7 @@ impl Shared {
                     .fetch_max(self.nanos(now), Ordering::AcqRel);
             }
         } else if stalled {
+            sched.stalled_runtime = flight.current_thread;
             tracing::warn!(
                 running_for_ms = now.saturating_duration_since(flight.started).as_millis() as u64,
                 "the token refresh in flight is not being run (its runtime is idle, blocked or \
@@ -331,6 +339,13 @@ async fn run(mut guard: FlightGuard, reason: Reason) {
         return;
     }
     guard.beat(&shared);
+    if let Some(id) = guard.flight.current_thread {
+        // Its runtime runs after all.
+        let mut sched = shared.lock();
+        if sched.stalled_runtime == Some(id) {
+            sched.stalled_runtime = None;
+        }
+    }
     let deadline = later(guard.flight.started, shared.policy.attempt_timeout);
     let span = tracing::debug_span!("token_refresh", reason = ?reason);
     let result = supervised(

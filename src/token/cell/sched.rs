@@ -34,6 +34,10 @@ pub(super) struct Sched {
     pub(super) clock_wait: Option<(u64, Instant)>,
     /// Whether a FHIR clock too far behind to work around was reported.
     pub(super) lag_reported: bool,
+    /// The current-thread runtime a flight was last given up on for not being run: a
+    /// synchronous look from it (a thread inside `Runtime::enter` that never drives it) starts
+    /// no flight there, until a flight there runs.
+    pub(super) stalled_runtime: Option<tokio::runtime::Id>,
 }
 
 impl Sched {
