@@ -306,14 +306,17 @@ async fn a_401_after_the_layer_is_dropped_still_renews_while_the_cell_lives() {
     assert_eq!(cell.stats().invalidations, 1);
 }
 
-/// The renewed token is usable for 9 s, the service gets ready for the replay 15 s later: the
-/// replay carries a token usable then (it used to carry the renewed one, expired by then).
-#[tokio::test(start_paused = true)]
-async fn a_replay_waiting_long_for_readiness_carries_a_token_usable_when_it_is_sent() {
-    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(10));
+/// One request from `source`'s tokens through the layer into a [`SlowToReady`] service: its
+/// answer, and the service (which recorded the tokens sent).
+async fn through_slow_to_ready(
+    source: FakeTokenSource,
+) -> (
+    Result<Response<Full<Bytes>>, koppeltaal_auth::BoxError>,
+    SlowToReady,
+) {
     let auth = KoppeltaalAuth::builder()
         .fhir_base_url("https://fhir.example.org/fhir")
-        .token_source(source.clone())
+        .token_source(source)
         .refresh_policy(koppeltaal_auth::RefreshPolicy::default().background_refresh(false))
         .build()
         .unwrap();
@@ -322,6 +325,15 @@ async fn a_replay_waiting_long_for_readiness_carries_a_token_usable_when_it_is_s
         .body(Full::default())
         .unwrap();
     let response = auth.layer().layer(service.clone()).oneshot(request).await;
+    (response, service)
+}
+
+/// The renewed token is usable for 9 s, the service gets ready for the replay 15 s later: the
+/// replay carries a token usable then (it used to carry the renewed one, expired by then).
+#[tokio::test(start_paused = true)]
+async fn a_replay_waiting_long_for_readiness_carries_a_token_usable_when_it_is_sent() {
+    let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(10));
+    let (response, service) = through_slow_to_ready(source).await;
     assert_eq!(response.unwrap().status(), StatusCode::OK);
     assert_eq!(
         service.sent(),
@@ -341,17 +353,7 @@ async fn a_replay_that_finds_no_usable_token_after_readiness_returns_the_401() {
         koppeltaal_auth::ErrorKind::Transport,
         "scripted outage",
     ));
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url("https://fhir.example.org/fhir")
-        .token_source(source.clone())
-        .refresh_policy(koppeltaal_auth::RefreshPolicy::default().background_refresh(false))
-        .build()
-        .unwrap();
-    let service = SlowToReady::default();
-    let request = Request::get("https://fhir.example.org/fhir/Patient/1")
-        .body(Full::default())
-        .unwrap();
-    let response = auth.layer().layer(service.clone()).oneshot(request).await;
+    let (response, service) = through_slow_to_ready(source).await;
     assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         service.sent(),
