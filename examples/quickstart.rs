@@ -11,7 +11,8 @@
 //! key and registers its public JWK Set, discovers the token endpoint, and sends FHIR requests
 //! with hyper-util's client through `KoppeltaalAuthLayer`: a read, a create, a burst of reads on
 //! one token, a proactive refresh in the background, and a server-side revocation answered by one
-//! transparent renewal and replay.
+//! transparent renewal and replay. It exits with an error when any step does not do what it
+//! says, so that CI can run it as the README's first command.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -75,6 +76,7 @@ async fn main() -> Result<(), BoxError> {
         "3. GET  Patient/example -> {status}  {}",
         String::from_utf8_lossy(&body)
     );
+    expect(status == StatusCode::OK, "the read answers 200")?;
 
     let task = Request::post(format!("{base}/Task"))
         .header("content-type", "application/fhir+json")
@@ -91,6 +93,7 @@ async fn main() -> Result<(), BoxError> {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("?")
     );
+    expect(created.status() == StatusCode::CREATED, "the create answers 201")?;
 
     let mut ok = 0;
     for i in 0..20 {
@@ -103,6 +106,11 @@ async fn main() -> Result<(), BoxError> {
         auth.stats().generation,
         mock.stats().token_requests
     );
+    expect(ok == 20, "every read answers 200")?;
+    expect(
+        mock.stats().token_requests == 1,
+        "22 requests are sent with one token",
+    )?;
 
     // 4 s tokens are refreshed when half their life is left (plus jitter), by a background task:
     // no request waits for the token endpoint.
@@ -120,6 +128,10 @@ async fn main() -> Result<(), BoxError> {
         waiting.elapsed().as_secs_f64(),
         auth.stats().waits
     );
+    expect(
+        auth.stats().generation >= 2,
+        "the token is refreshed in the background within 10 s",
+    )?;
 
     // The server revokes every token: the next request gets a 401, the layer renews the token
     // once and replays the request with the new one. The caller sees only the 200.
@@ -131,6 +143,14 @@ async fn main() -> Result<(), BoxError> {
         response.status(),
         auth.stats().generation
     );
+    expect(
+        response.status() == StatusCode::OK,
+        "the request after the revocation answers 200",
+    )?;
+    expect(
+        mock.stats().fhir_unauthorized == 1,
+        "exactly one request was refused (and replayed)",
+    )?;
 
     let server = mock.stats();
     let cell = auth.stats();
@@ -149,4 +169,13 @@ async fn main() -> Result<(), BoxError> {
     );
     println!("\ndone in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `Ok` when the step did `what`, an error saying which step failed otherwise.
+fn expect(done: bool, what: &str) -> Result<(), BoxError> {
+    if done {
+        Ok(())
+    } else {
+        Err(format!("quickstart step failed: {what}").into())
+    }
 }
