@@ -93,7 +93,10 @@ async fn main() -> Result<(), BoxError> {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("?")
     );
-    expect(created.status() == StatusCode::CREATED, "the create answers 201")?;
+    expect(
+        created.status() == StatusCode::CREATED,
+        "the create answers 201",
+    )?;
 
     let mut ok = 0;
     for i in 0..20 {

@@ -13,12 +13,16 @@ use crate::token::{Rejection, RetryPlan};
 /// FHIR base (feature `reqwest-middleware`).
 ///
 /// Behaves as the tower layer: the same cell and token, the same scope check, the caller's own
-/// `Authorization` left alone, one renewal and one replay on `401`. Requests whose body cannot be
-/// cloned (streaming bodies, see [`reqwest::Request::try_clone`]) are sent once; a `401` to them
-/// is returned as is.
+/// `Authorization` left alone, and on a `401` the same renewal and replays (at most one renewal
+/// per request, and a request is sent at most four times: see the README's "What the layer
+/// does").
+/// Requests whose body cannot be cloned (streaming bodies, see [`reqwest::Request::try_clone`])
+/// are sent once; a `401` to them is returned as is.
 ///
 /// reqwest follows redirects below the middleware, keeping the token on a redirect within one
 /// origin: build the client with [`Authenticator::redirect_policy`] (or no redirects), as below.
+/// A `401` from a URL outside the FHIR base that a redirect led to is returned as is: it says
+/// nothing about the token, which is kept.
 ///
 /// # Example
 ///
@@ -151,7 +155,7 @@ impl Middleware for KoppeltaalAuthMiddleware {
             return next.run(request, extensions).await;
         }
         let response = next.clone().run(request, extensions).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
+        if !rejects_the_token(shared, &response) {
             return Ok(response);
         }
         let generation = token.generation();
@@ -199,8 +203,19 @@ impl Middleware for KoppeltaalAuthMiddleware {
                 cell.confirm(token.generation());
                 return Ok(response);
             }
+            if !rejects_the_token(shared, &response) {
+                return Ok(response);
+            }
             verdict = plan.judge(cell, response.headers());
             last = response;
         }
     }
+}
+
+/// Whether `response` is a `401` that refuses the token: one from the FHIR base. reqwest follows
+/// redirects below the middleware, and a `401` from a hop out of the base (sent without the
+/// token, or to a server that never saw it) says nothing about the token: it is returned as is,
+/// the token kept, the request not replayed, and its `Date` not taken for the FHIR server's clock.
+fn rejects_the_token(shared: &AuthShared, response: &reqwest::Response) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED && shared.scope.matches_url(response.url())
 }

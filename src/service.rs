@@ -33,10 +33,14 @@ use crate::replay::ReplayBody;
 ///
 /// A `401` (never a `403`) to a request that carried our token makes the token's generation
 /// invalid: the first such `401` renews the token, later ones for the same generation wait for
-/// that renewal. The request is then sent once more with the new token, if its body can be
-/// replayed (see [`ReplayBody`]); the first response's body is dropped unread. A `401` to the
-/// replay is returned as is. When the body cannot be replayed, or the renewal fails, the original
-/// `401` is returned.
+/// that renewal. The request is then sent again with the new token, if its body can be replayed
+/// (see [`ReplayBody`]); the first response's body is dropped unread. When the FHIR server's
+/// clock is behind (its `Date` before the token's start), the same token is sent once more
+/// after a wait instead, before any renewal: a request is sent at most four times (its token,
+/// after the wait, the renewed token, after a wait for that one), with at most one renewal, and
+/// the last `401` is returned as is. When the body cannot be replayed, or the renewal fails, the
+/// original `401` is returned; an error from the inner service on a replay is returned as the
+/// error.
 ///
 /// Replaying needs a copy of the request taken before it is sent (its URI and headers copied
 /// into one buffer, its extensions and body cloned) and a clone of the inner service: that copy,

@@ -311,3 +311,43 @@ async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
     assert_eq!(last.path, "/fhir/DEFAULT/Patient/2");
     assert!(last.authorization.is_some());
 }
+
+/// A `401` from another origin that a redirect led to (reqwest sent no token there) says nothing
+/// about the token: it is returned as is, the token is kept and the request is not replayed.
+#[tokio::test]
+async fn a_401_from_a_redirect_target_outside_the_base_keeps_the_token() {
+    let server = RecordingServer::start().await;
+    let storage = RecordingServer::start().await;
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(server.url("/fhir/DEFAULT"))
+        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
+        .build()
+        .unwrap();
+    let blob = storage.url("/blob?status=401");
+    let url = server.url(&format!("/fhir/DEFAULT/Binary/1?to={blob}"));
+    for redirect in [reqwest::redirect::Policy::default(), auth.redirect_policy()] {
+        let client = ClientBuilder::new(
+            reqwest::Client::builder()
+                .redirect(redirect)
+                .build()
+                .unwrap(),
+        )
+        .with(auth.middleware())
+        .build();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let stats = auth.stats();
+    assert_eq!(
+        (stats.fetches_ok, stats.invalidations, stats.replays),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(server.seen().len(), 2, "each request sent once");
+    assert!(
+        storage
+            .seen()
+            .iter()
+            .all(|seen| seen.authorization.is_none())
+    );
+}

@@ -207,18 +207,24 @@ impl RecordingServer {
                     path: request.uri().path().to_owned(),
                     authorization,
                 });
-                let to = request.uri().query().and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "to")
-                        .map(|(_, v)| v.into_owned())
-                });
-                match to {
-                    Some(to) => axum::response::Response::builder()
+                let param = |name: &str| {
+                    request.uri().query().and_then(|q| {
+                        url::form_urlencoded::parse(q.as_bytes())
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.into_owned())
+                    })
+                };
+                match (param("to"), param("status")) {
+                    (Some(to), _) => axum::response::Response::builder()
                         .status(307)
                         .header("location", to)
                         .body(axum::body::Body::empty())
                         .unwrap(),
-                    None => axum::response::Response::new(axum::body::Body::from("ok")),
+                    (None, Some(status)) => axum::response::Response::builder()
+                        .status(status.parse::<u16>().unwrap())
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                    (None, None) => axum::response::Response::new(axum::body::Body::from("ok")),
                 }
             }
         });
