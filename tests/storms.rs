@@ -151,3 +151,73 @@ async fn a_thousand_requests_dropped_mid_refresh_leave_the_cell_healthy() {
         "at most one refresh in flight"
     );
 }
+
+/// One resource the FHIR server always refuses with `401`, whatever the token (Koppeltaal's
+/// HAPI answers `401` to a `Device` request with a token without `azp`), polled every second
+/// while other requests run: the refused requests renew the token, at a backoff pace once fresh
+/// tokens keep being refused, and the backoff never takes the token from the other requests.
+#[tokio::test(start_paused = true)]
+async fn one_resource_always_refused_stalls_no_other_request_and_storms_nothing() {
+    use koppeltaal_auth::{KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
+    let source = FakeTokenSource::new();
+    // A fixed backoff (no jitter), so that the renewals can be counted exactly.
+    let backoff = Duration::from_secs(10);
+    let policy = RefreshPolicy::default().backoff(backoff, backoff);
+    let cell = TokenCell::new(source.clone(), policy);
+    cell.ready().await.unwrap();
+    let fhir = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+        let refused = request.uri().path().contains("/Device");
+        let status = if refused {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let response = http::Response::builder()
+            .status(status)
+            .body(Full::<Bytes>::default());
+        Ok::<_, std::convert::Infallible>(response.unwrap())
+    });
+    let base = "https://fhir.example/fhir/DEFAULT";
+    let client = KoppeltaalAuthLayer::new(cell.clone(), base)
+        .unwrap()
+        .layer(fhir);
+    let get = |path: &str| {
+        let request = Request::get(format!("{base}/{path}")).body(Full::default());
+        client.clone().oneshot(request.unwrap())
+    };
+    // Every second, a request for the refused resource, each on its own.
+    let poller = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut refused = Vec::new();
+            for _ in 0..180 {
+                let request = Request::get(format!("{base}/Device/1")).body(Full::default());
+                refused.push(tokio::spawn(client.clone().oneshot(request.unwrap())));
+                sleep(Duration::from_secs(1)).await;
+            }
+            for device in refused {
+                let device = device.await.unwrap().unwrap();
+                assert_eq!(device.status(), StatusCode::UNAUTHORIZED);
+            }
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    for read in 0..1_800 {
+        let started = Instant::now();
+        let response = get("Patient/1").await;
+        let response = response.unwrap_or_else(|e| panic!("read {read}: {e}"));
+        assert_eq!(response.status(), StatusCode::OK);
+        slowest = slowest.max(started.elapsed());
+        sleep(Duration::from_millis(100)).await;
+    }
+    poller.await.unwrap();
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a read waited {slowest:?}"
+    );
+    // The first token, and its renewal at once after the first refusal (not a fresh token
+    // refused again); the next fresh token refused at 1 s, renewed after the backoff at 11 s;
+    // from then on each renewal lands on a poll, which refuses it at once: renewals every 10 s,
+    // 21 s to 181 s (the last one for the requests still waiting). 20, not one a second.
+    assert_eq!(source.fetches_started(), 20);
+}

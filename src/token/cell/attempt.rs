@@ -243,6 +243,7 @@ impl Shared {
             valid_from,
             previous,
             local,
+            refused: false,
         })));
         // No thread's slot hands out the token this one replaced.
         self.slots.clear();

@@ -22,6 +22,11 @@ pub(super) struct CachedToken {
     /// The token's header value: the template of the per-thread copies (see
     /// [`Slots`](super::slots::Slots)), and what is handed out when a thread's slot is busy.
     pub(super) local: TokenHeader,
+    /// The server refused the token, and its renewal waits out the backoff for young tokens
+    /// refused again (see [`Shared::drop_rejected`](super::Shared::drop_rejected)): it is still
+    /// handed out to callers that do not need a later one, never for a replay, and is never a
+    /// successor's previous token.
+    pub(super) refused: bool,
 }
 
 /// What a token hands out at an instant (see [`CachedToken::serves`]).
@@ -105,6 +110,9 @@ impl CachedToken {
     /// What a successor installed at `now` keeps as its previous token: this token if it
     /// serves, else the previous one if that does.
     pub(super) fn previous_for_successor(&self, now: Instant) -> Option<Previous> {
+        if self.refused {
+            return None;
+        }
         if self.serves_at(now) {
             return Some(Previous {
                 token: self.token.clone(),

@@ -278,7 +278,10 @@ impl TokenCell {
     /// happens. Returns whether the token was dropped.
     ///
     /// A token younger than the policy's young-token age (5 s) that is rejected right after a
-    /// renewal points to a cause other than expiry: its renewal waits out a backoff.
+    /// renewal points to a cause other than expiry: its renewal waits out a backoff, and
+    /// meanwhile [`current`](Self::current) and [`token`](Self::token) still hand it out (the
+    /// server may refuse one request, not the token), while [`renewed`](Self::renewed) waits
+    /// for its successor. Returns `true` then too; a later call for it returns `false`.
     pub fn invalidate(&self, generation: u64) -> bool {
         let now = Instant::now();
         if !self.shared.drop_rejected(now, generation) {

@@ -3,6 +3,7 @@
 //! dropped, once per generation, and renewed, after a backoff when brand-new tokens keep being
 //! rejected (the cause is then not expiry).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::HeaderMap;
@@ -182,7 +183,7 @@ impl TokenCell {
         let now = Instant::now();
         let guard = self.shared.current.load();
         let cached = guard.as_ref()?;
-        if cached.generation == generation && cached.serves_at(now) {
+        if cached.generation == generation && cached.serves_at(now) && !cached.refused {
             return Some(cached.header());
         }
         cached
@@ -208,7 +209,8 @@ impl Shared {
     }
 
     /// Drops the current token if it is of `generation`. Schedules a backoff when young tokens
-    /// keep being rejected.
+    /// keep being rejected, and then keeps the token for callers that do not need a later one,
+    /// marked refused, until its renewal.
     pub(super) fn drop_rejected(&self, now: Instant, generation: u64) -> bool {
         let mut sched = self.lock();
         let guard = self.current.load();
@@ -231,6 +233,10 @@ impl Shared {
         }) else {
             return false;
         };
+        if cached.refused {
+            // Refused already: its renewal waits out the backoff.
+            return false;
+        }
         // The age of the token the server refused (not its successor's, which is dropped too).
         let refused = serving_previous(cached, now, generation).unwrap_or(&cached.token);
         let age = now.saturating_duration_since(refused.received_at());
@@ -239,7 +245,8 @@ impl Shared {
         } else {
             sched.young_rejections = 0;
         }
-        if sched.young_rejections >= 2 {
+        let backoff = sched.young_rejections >= 2;
+        if backoff {
             let delay = self
                 .policy
                 .exponential(sched.young_rejections - 1, random_fraction());
@@ -249,7 +256,8 @@ impl Shared {
                 generation,
                 age_ms = age.as_millis() as u64,
                 delay_ms = delay.as_millis() as u64,
-                "a fresh token was rejected again: renewing after a backoff"
+                "a fresh token was rejected again: renewing after a backoff (other requests keep \
+                 using it meanwhile; a refused request is not sent with it again)"
             );
         } else {
             tracing::info!(
@@ -263,7 +271,25 @@ impl Shared {
         // newest token, not the one it replaced).
         sched.rejected = Some(shared_fetch::digest(cached.token.as_str()));
         sched.rejected_at = Some(now);
-        let _ = self.current.compare_and_swap(&*guard, None);
+        // A fresh token refused again is likely refused for the request, not for itself (a
+        // server that refuses one resource whatever the token): during the backoff it is still
+        // handed out to other requests, which may well be accepted, rather than taking the
+        // token from all of them for up to the longest backoff. A replay never gets it, nor
+        // does a caller who needs a later token; its renewal is due at once, after the backoff.
+        let keep =
+            (backoff && cached.generation == generation && cached.serves_at(now)).then(|| {
+                Arc::new(super::CachedToken {
+                    token: cached.token.clone(),
+                    generation,
+                    refresh_at: now,
+                    usable_until: cached.usable_until,
+                    valid_from: cached.valid_from,
+                    previous: None,
+                    local: cached.local.clone(),
+                    refused: true,
+                })
+            });
+        let _ = self.current.compare_and_swap(&*guard, keep);
         self.slots.clear();
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         self.set_quiet(&sched);
@@ -286,6 +312,32 @@ mod tests {
     use super::*;
     use crate::testing::FakeTokenSource;
     use crate::token::RefreshPolicy;
+
+    /// A fresh token refused again: renewed after the backoff, and meanwhile still handed out,
+    /// but never for a replay, and refused only once.
+    #[tokio::test(start_paused = true)]
+    async fn a_young_token_refused_again_serves_others_until_its_renewal_but_no_replay() {
+        let source = FakeTokenSource::new();
+        let backoff = std::time::Duration::from_secs(10);
+        let policy = RefreshPolicy::default()
+            .backoff(backoff, backoff)
+            .background_refresh(false);
+        let cell = TokenCell::new(source.clone(), policy);
+        cell.ready().await.unwrap();
+        assert!(cell.invalidate(1), "young once: renewed at once");
+        assert_eq!(cell.token().await.unwrap().generation(), 2);
+        assert!(cell.invalidate(2), "young again: after the backoff");
+        assert!(!cell.invalidate(2), "once per generation");
+        assert_eq!(cell.current().map(|token| token.generation()), Some(2));
+        assert_eq!(cell.token().await.unwrap().generation(), 2);
+        assert!(cell.header_of(2).is_none(), "never for a replay");
+        let started = Instant::now();
+        assert_eq!(cell.renewed(2).await.unwrap().generation(), 3);
+        let waited = started.elapsed();
+        assert!(waited >= backoff && waited < backoff * 2, "{waited:?}");
+        assert_eq!(source.fetches_started(), 3);
+        assert_eq!(cell.current().map(|token| token.generation()), Some(3));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_is_replayed_at_most_three_times_whatever_tokens_it_went_out_with() {
