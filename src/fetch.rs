@@ -81,6 +81,30 @@ pub(crate) async fn read_limited(
     Ok(crate::wipe::bytes(body))
 }
 
+/// Reads at most the first `limit` bytes of the body of an error response (a status that is
+/// not a success), for its message: the rest of a big error page (a WAF's or a maintenance
+/// page), or a body that breaks off, loses nothing that matters, while an error for it would
+/// lose the status and its `Retry-After`.
+pub(crate) async fn read_error_body(mut response: reqwest::Response, limit: usize) -> Bytes {
+    // It may echo what was sent (the assertion): wiped as a token response is.
+    let mut body = Zeroizing::new(Vec::new());
+    while body.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - body.len();
+                let chunk = chunk.get(..room).unwrap_or(&chunk);
+                crate::wipe::extend(&mut body, chunk, limit);
+            }
+            Ok(None) => break,
+            Err(error) => {
+                tracing::debug!(%error, "the error response's body broke off");
+                break;
+            }
+        }
+    }
+    crate::wipe::bytes(body)
+}
+
 /// `operation`, cut off after `bound` (when there is one: a client with no timeout of this
 /// crate's) with [`ErrorKind::Timeout`] (`what` says what did not come). On a runtime without
 /// timers (where tokio panics on one; the check catches tokio's panic, which a panic hook sees)

@@ -24,7 +24,9 @@ use url::Url;
 
 use crate::endpoint::{check_secure, has_stray_bytes, parse_secure_url};
 use crate::error::{Error, ErrorKind};
-use crate::fetch::{DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_limited};
+use crate::fetch::{
+    DEFAULT_REQUEST_TIMEOUT, MAX_BODY, default_client, read_error_body, read_limited,
+};
 use crate::key::Algorithm;
 
 const WELL_KNOWN: &str = ".well-known/smart-configuration";
@@ -203,14 +205,15 @@ pub async fn discover_with(
         .await
         .map_err(|err| Error::from_reqwest("SMART discovery request failed", err))?;
     let status = response.status();
-    let body = read_limited(response, MAX_BODY).await?;
     if !status.is_success() {
+        let body = read_error_body(response, MAX_BODY).await;
         return Err(
             Error::new(ErrorKind::Discovery, format!("GET {url} failed"))
                 .with_status(status)
                 .with_body_snippet(&body),
         );
     }
+    let body = read_limited(response, MAX_BODY).await?;
     let config = SmartConfiguration::from_json(&body, &base)?;
     tracing::debug!(fhir_base = %base, token_endpoint = %config.token_endpoint, "SMART configuration discovered");
     Ok(config)

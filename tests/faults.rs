@@ -359,3 +359,41 @@ async fn token_endpoint_slow() {
         .await
         .expect("bounded in time");
 }
+
+/// A `429` or `503` with a big error page (a WAF's or a maintenance page) keeps its meaning: its
+/// status, its `Retry-After`, transient. Only the first 64 KiB of the page are read.
+#[tokio::test]
+async fn a_big_error_page_keeps_its_status_and_retry_after() {
+    use koppeltaal_auth::TokenSource as _;
+    use koppeltaal_auth::testing::MockResponse;
+    let mock = MockKoppeltaal::start().await.unwrap();
+    mock.register_key(CLIENT_ID, &rsa_key());
+    let source = support::source(&mock, rsa_key());
+    let page = format!("<html>{}</html>", "x".repeat(100 * 1024));
+    for chunked in [false, true] {
+        for status in [
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let response = MockResponse::new(status, page.clone())
+                .header("content-type", "text/html")
+                .header("retry-after", "120");
+            let response = if chunked {
+                response.chunked()
+            } else {
+                response
+            };
+            mock.push_token_response(response);
+            let error = source.fetch().await.unwrap_err();
+            let what = format!("{status}, chunked {chunked}: {error}");
+            assert_eq!(error.kind(), ErrorKind::TokenRejected, "{what}");
+            assert_eq!(error.status(), Some(status), "{what}");
+            assert_eq!(
+                error.retry_after(),
+                Some(Duration::from_secs(120)),
+                "{what}"
+            );
+            assert!(error.is_transient(), "{what}");
+        }
+    }
+}

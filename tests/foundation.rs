@@ -286,9 +286,10 @@ async fn malformed_token_responses_are_typed_errors() {
             MockResponse::oversized(10 * 1024 * 1024).chunked(),
             ErrorKind::ResponseTooLarge,
         ),
+        // An error page is read up to 64 KiB, for its message: the status counts.
         (
             MockResponse::new(StatusCode::BAD_REQUEST, vec![b'x'; 200 * 1024]).chunked(),
-            ErrorKind::ResponseTooLarge,
+            ErrorKind::TokenRejected,
         ),
     ];
     for (i, (response, kind)) in cases.into_iter().enumerate() {

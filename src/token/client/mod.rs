@@ -13,7 +13,7 @@ use super::{AccessToken, BoxFuture, TokenSource};
 use crate::assertion::ClientAssertion;
 use crate::clock::{ClockSkew, shifted};
 use crate::error::{Error, ErrorKind};
-use crate::fetch::{MAX_BODY, read_limited};
+use crate::fetch::{MAX_BODY, read_error_body, read_limited};
 use crate::keyset::KeySet;
 
 /// `expires_in` assumed when a token response has none: Koppeltaal's default token lifetime.
@@ -156,7 +156,11 @@ impl ClientCredentials {
             inner.skew.observe(response.headers(), SystemTime::now());
             let status = response.status();
             let headers = response.headers().clone();
-            let body = read_limited(response, MAX_BODY).await?;
+            let body = if status.is_success() {
+                read_limited(response, MAX_BODY).await?
+            } else {
+                read_error_body(response, MAX_BODY).await
+            };
             Ok::<_, Error>((status, headers, body))
         };
         // Bounded whatever the HTTP client's own timeouts (a caller's builder may have none).
