@@ -191,7 +191,15 @@ async fn a_key_set_propagation_delay_of_duration_max_is_clamped() {
     let keys = KeySet::new(support::rsa_key()).with_propagation_delay(Duration::MAX);
     let next = support::key_for(koppeltaal_auth::Algorithm::RS384);
     keys.publish(next).unwrap();
-    assert_eq!(keys.kids().len(), 2);
+    let max = koppeltaal_auth::MAX_PROPAGATION_DELAY;
+    assert_eq!(keys.propagation_delay(), max);
+    let kids = keys.kids();
+    assert_eq!(kids.len(), 2);
+    assert_eq!(
+        (kids[0].1, kids[1].1),
+        (Duration::ZERO, max),
+        "signs after a day"
+    );
 }
 
 #[tokio::test]

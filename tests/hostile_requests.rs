@@ -136,10 +136,21 @@ async fn a_request_with_25_000_values_of_one_header_is_replayed_after_a_401() {
     let auth = authenticator();
     auth.ready().await.unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let service = auth.layer().layer(authorization_recorder(
+    // How many `x-many` values each send carried, in order.
+    let many = Arc::new(Mutex::new(Vec::new()));
+    let counting = {
+        let many = Arc::clone(&many);
+        tower::util::MapRequestLayer::new(move |request: Request<Body>| {
+            let values = request.headers().get_all("x-many");
+            let all_v = values.iter().all(|value| value == "v");
+            many.lock().unwrap().push((values.iter().count(), all_v));
+            request
+        })
+    };
+    let service = auth.layer().layer(counting.layer(authorization_recorder(
         Arc::clone(&seen),
         rejecting_the_first_token,
-    ));
+    )));
     let mut request = Request::get(format!("{BASE}/Patient/1"))
         .body(Body::default())
         .unwrap();
@@ -157,4 +168,9 @@ async fn a_request_with_25_000_values_of_one_header_is_replayed_after_a_401() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2);
     assert_ne!(seen[0], seen[1]);
+    assert_eq!(
+        *many.lock().unwrap(),
+        [(25_000, true), (25_000, true)],
+        "every value sent, and sent again"
+    );
 }

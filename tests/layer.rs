@@ -68,30 +68,40 @@ async fn reads_and_creates_with_one_token() {
 
 #[tokio::test]
 async fn the_token_goes_only_to_the_fhir_base() {
-    let mock = mock().await;
+    // The FHIR base on a server that records every request, and another server.
+    let host = RecordingServer::start().await;
     let other = RecordingServer::start().await;
-    let auth = authenticator(&mock).await;
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url(host.url("/fhir/DEFAULT"))
+        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
+        .build()
+        .unwrap();
     let client = ServiceBuilder::new()
         .layer(auth.layer())
         .service(hyper_client());
-    auth.ready().await.unwrap();
     for url in [
         other.url("/fhir/DEFAULT/Patient/1"),
         other.url("/"),
-        // The mock's own origin, outside the FHIR base path.
-        format!("http://{}/other/Patient/1", mock.addr()),
-        format!("http://{}/fhir/DEFAULTX/Patient/1", mock.addr()),
+        // The FHIR base's own origin, outside its path.
+        host.url("/other/Patient/1"),
+        host.url("/fhir/DEFAULTX/Patient/1"),
+        host.url("/fhir"),
+        // Under it: the only one with the token.
+        host.url("/fhir/DEFAULT/Patient/1"),
     ] {
         let _ = client.clone().oneshot(get(&url)).await.unwrap();
     }
     let seen = other.seen();
     assert_eq!(seen.len(), 2);
     assert!(seen.iter().all(|r| r.authorization.is_none()), "{seen:?}");
-    assert_eq!(
-        mock.stats().fhir_requests,
-        0,
-        "nothing reached the FHIR endpoint"
-    );
+    let seen = host.seen();
+    let with_token: Vec<_> = seen
+        .iter()
+        .filter(|r| r.authorization.is_some())
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(with_token, ["/fhir/DEFAULT/Patient/1"], "{seen:?}");
 }
 
 #[tokio::test]
