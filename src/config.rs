@@ -285,12 +285,17 @@ impl KoppeltaalAuthBuilder {
             return Err(Error::new(
                 crate::ErrorKind::Discovery,
                 format!(
-                    "the server does not accept {} assertions (it lists {:?})",
+                    "the server does not accept {} assertions (it lists {})",
                     key.algorithm(),
-                    config
-                        .token_endpoint_auth_signing_alg_values_supported
-                        .as_deref()
-                        .unwrap_or_default()
+                    // The server's text: truncated as any.
+                    crate::redact::sanitize_snippet(
+                        config
+                            .token_endpoint_auth_signing_alg_values_supported
+                            .as_deref()
+                            .unwrap_or_default()
+                            .join(", ")
+                            .as_bytes()
+                    )
                 ),
             ));
         }

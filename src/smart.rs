@@ -93,12 +93,14 @@ impl SmartConfiguration {
         };
         let resolved = resolve(&endpoint, fhir_base)?;
         object.insert("token_endpoint".to_owned(), Value::String(resolved));
+        // serde's message quotes the member's value, which may be the whole body: truncated as
+        // any server text, and not kept as the error's source.
         let config: Self = serde_json::from_value(Value::Object(object)).map_err(|err| {
+            let why = crate::redact::sanitize_snippet(err.to_string().as_bytes());
             Error::new(
                 ErrorKind::Discovery,
-                "the SMART configuration has a malformed member",
+                format!("the SMART configuration has a malformed member: {why}"),
             )
-            .with_source(err)
         })?;
         if let Some(methods) = &config.token_endpoint_auth_methods_supported
             && !methods.iter().any(|method| method == "private_key_jwt")
@@ -323,6 +325,17 @@ mod tests {
             assert_eq!(err.kind(), *kind, "{doc}");
             assert!(err.to_string().contains(expected), "{doc}: {err}");
         }
+    }
+
+    #[test]
+    fn a_huge_malformed_member_is_not_echoed_whole() {
+        let b = base("https://fhir.example.org/fhir");
+        let huge = "s".repeat(60_000);
+        let doc = format!(r#"{{"token_endpoint":"https://a/t","scopes_supported":"{huge}"}}"#);
+        let err = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap_err();
+        assert!(err.to_string().contains("malformed member"), "{err}");
+        let all = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
+        assert!(all.len() < 1_500, "{} bytes: {all:.300}", all.len());
     }
 
     #[test]
