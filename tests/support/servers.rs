@@ -203,13 +203,21 @@ impl PrivateRedis {
         Self::start_with(&[])
     }
 
+    /// Starts one with `extra` arguments. The port is picked free and then let go, so another
+    /// server started at the same moment may take it too (one of the two then fails to bind,
+    /// and both tests would talk to the other): a server that is not this child, by its
+    /// process id, is not used, and another port is tried.
     pub fn start_with(extra: &[&str]) -> Option<Self> {
+        (0..5).find_map(|_| Self::try_start(extra))
+    }
+
+    fn try_start(extra: &[&str]) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
             .ok()?
             .port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -228,10 +236,15 @@ impl PrivateRedis {
         let url = format!("redis://127.0.0.1:{port}");
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self { child, url });
+                if server_pid(port) == Some(child.id()) {
+                    return Some(Self { child, url });
+                }
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         None
     }
 
@@ -258,6 +271,34 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The process id of the Redis server on `port` (from `INFO server`).
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    connection
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    connection
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        let n = connection.read(&mut buffer).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
 }
 
 fn command(url: &str, args: &[&str]) -> String {
