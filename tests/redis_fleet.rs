@@ -80,6 +80,17 @@ fn instance(
                 failed += f;
                 slowest = slowest.max(s);
             }
+            // Stats at an instant when no refresh is in flight, read with no await before the
+            // block_on returns: this current-thread runtime runs nothing after that, so every
+            // token request the mock saw from this instance is counted in them (a refresh in
+            // flight at the end would reach the mock and never be counted).
+            let fresh = || matches!(auth.health(), koppeltaal_auth::token::Health::Fresh { .. });
+            for _ in 0..1_000 {
+                if fresh() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let stats = auth.stats();
             (
                 calls,
