@@ -71,11 +71,7 @@ async fn the_token_goes_only_to_the_fhir_base() {
     // The FHIR base on a server that records every request, and another server.
     let host = RecordingServer::start().await;
     let other = RecordingServer::start().await;
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url(host.url("/fhir/DEFAULT"))
-        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
-        .build()
-        .unwrap();
+    let auth = host.authenticator();
     let client = ServiceBuilder::new()
         .layer(auth.layer())
         .service(hyper_client());

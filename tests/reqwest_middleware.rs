@@ -251,11 +251,7 @@ async fn no_token_appears_in_trace_logs() {
 #[tokio::test]
 async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
     let server = RecordingServer::start().await;
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url(server.url("/fhir/DEFAULT"))
-        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
-        .build()
-        .unwrap();
+    let auth = server.authenticator();
     let away = |to: &str| {
         let to = server.url(to);
         server.url(&format!("/fhir/DEFAULT/Patient/1?to={to}"))
@@ -318,11 +314,7 @@ async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
 async fn a_401_from_a_redirect_target_outside_the_base_keeps_the_token() {
     let server = RecordingServer::start().await;
     let storage = RecordingServer::start().await;
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url(server.url("/fhir/DEFAULT"))
-        .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
-        .build()
-        .unwrap();
+    let auth = server.authenticator();
     let blob = storage.url("/blob?status=401");
     let url = server.url(&format!("/fhir/DEFAULT/Binary/1?to={blob}"));
     for redirect in [reqwest::redirect::Policy::default(), auth.redirect_policy()] {

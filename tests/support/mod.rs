@@ -240,6 +240,15 @@ impl RecordingServer {
         format!("http://{}{path_and_query}", self.addr)
     }
 
+    /// An authenticator for the FHIR base `/fhir/DEFAULT` on this server, with fake tokens.
+    pub fn authenticator(&self) -> Authenticator {
+        KoppeltaalAuth::builder()
+            .fhir_base_url(self.url("/fhir/DEFAULT"))
+            .token_source(koppeltaal_auth::testing::FakeTokenSource::new())
+            .build()
+            .unwrap()
+    }
+
     pub fn seen(&self) -> Vec<Recorded> {
         self.seen.lock().unwrap().clone()
     }
