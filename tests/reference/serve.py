@@ -1,17 +1,20 @@
 """Runs Koppeltaal's reference auth server (vendored, unmodified) for koppeltaal-auth's tests.
 
-    python serve.py <source dir> <port> <sqlite file> <clients.json> <token lifetime s>
+    python serve.py <source dir> <sqlite file> <clients.json> <token lifetime s>
 
 The server is configured the way `create_app` takes a configuration in its own tests (with
 `TESTING`, which skips its start-up check against a FHIR server), with a fresh SQLite database,
 and the clients in `clients.json` registered through its own `SmartService` model:
 `[{"client_id": ..., "status": "APPROVED" | "PENDING", "jwks_endpoint": ... | "public_key": ...}]`.
-It serves on 127.0.0.1:<port> with waitress (as its entrypoint does) and exits when its standard
-input closes, so that it never outlives the test process that started it.
+It binds a free port on 127.0.0.1 itself (so that no other process can take the port between its
+choice and its use), prints `listening <port>` on its standard output, serves there with waitress
+(as its entrypoint does) and exits when its standard input closes, so that it never outlives the
+test process that started it.
 """
 
 import json
 import os
+import socket
 import sys
 import threading
 
@@ -23,8 +26,11 @@ def watch_parent():
 
 
 def main():
-    source, port, db_path, clients_path, lifetime = sys.argv[1:6]
+    source, db_path, clients_path, lifetime = sys.argv[1:5]
     threading.Thread(target=watch_parent, daemon=True).start()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     sys.path.insert(0, source)
     from application import create_app
     from application.database import db
@@ -76,7 +82,8 @@ def main():
                 fhir_store_device_id=client["client_id"],
             ))
         db.session.commit()
-    serve(app, host="127.0.0.1", port=int(port), threads=8, _quiet=True)
+    print(f"listening {port}", flush=True)
+    serve(app, sockets=[listener], threads=8, _quiet=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 //! Koppeltaal's own reference auth server (`../shared/vendor/koppeltaal-authentication-service`,
 //! or `KOPPELTAAL_REFERENCE_SOURCE`), started for the tests of this process: in a Python virtual
 //! environment with the versions pinned in its `poetry.lock` (created once under the target
-//! directory and reused), on a free loopback port, with a fresh SQLite database and the clients
+//! directory and reused), on a loopback port it binds itself, with a fresh SQLite database and the clients
 //! below registered through its own models. The clients' JWK Sets are served by this crate's
 //! `JwksService`, which the server fetches on every token request. The server exits when this
 //! process does (it watches its standard input).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,36 +185,58 @@ fn start() -> Result<Reference, String> {
     let clients_file = dir.join("clients.json");
     std::fs::write(&clients_file, serde_json::to_vec(&registered).unwrap())
         .map_err(|err| err.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|err| err.to_string())?
-        .port();
+    // The server binds a free port itself and says which: a port picked here and let go could
+    // be taken by another process (an outgoing connection, say) before the server binds it.
     let mut child = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/serve.py"))
         .arg(&source)
-        .arg(port.to_string())
         .arg(dir.join("kt.db"))
         .arg(&clients_file)
         .arg("300")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| format!("cannot start {}: {err}", python.display()))?;
     let stdin = child.stdin.take().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        matches!(child.try_wait(), Ok(None))
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    let port = child.stdout.take().and_then(|stdout| {
+        let (said, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stdout, mut line) = (BufReader::new(stdout), String::new());
+            let _ = stdout.read_line(&mut line);
+            let _ = said.send(line);
+            // Whatever else it prints goes nowhere, and never into a full pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        heard
+            .recv_timeout(Duration::from_secs(30))
+            .ok()?
+            .strip_prefix("listening ")?
+            .trim()
+            .parse::<u16>()
+            .ok()
     });
-    if !ready {
+    let port = port.filter(|&port| {
+        (0..300).any(|_| {
+            let up = matches!(child.try_wait(), Ok(None))
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if !up {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            up
+        })
+    });
+    let Some(port) = port else {
         let _ = child.kill();
         let mut log = String::new();
         if let Some(mut stderr) = child.stderr.take() {
             let _ = stderr.read_to_string(&mut log);
         }
         return Err(format!("the reference server did not start:\n{log}"));
+    };
+    // From here on nothing reads what it logs: drain it, or a full pipe would block the server.
+    if let Some(mut stderr) = child.stderr.take() {
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     }
     let clients = clients
         .into_iter()
@@ -229,6 +251,7 @@ fn start() -> Result<Reference, String> {
             )
         })
         .collect();
+    let base = format!("http://127.0.0.1:{port}");
     Ok(Reference {
         token_endpoint: format!("{base}/oauth2/token"),
         base,
