@@ -6,6 +6,10 @@
 //! present, `private_key_jwt` among `token_endpoint_auth_methods_supported`. Koppeltaal does not
 //! publish `token_endpoint_auth_signing_alg_values_supported`, so the algorithm is configured.
 //!
+//! Tolerant on input, exact on output: a member the crate does not read (`issuer`, `jwks_uri`,
+//! `grant_types_supported`, ...) that has an unexpected type does not fail discovery; it is kept
+//! as published in [`SmartConfiguration::other`], and serialises back unchanged.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -76,9 +80,23 @@ impl SmartConfiguration {
     /// # Errors
     ///
     /// [`ErrorKind::Discovery`] when the body is not a JSON object, `token_endpoint` is missing
-    /// or not a string, a list member has the wrong type, or `private_key_jwt` is missing from a
-    /// present `token_endpoint_auth_methods_supported`; [`ErrorKind::Config`] when the token
-    /// endpoint is not HTTPS (loopback hosts excepted).
+    /// or not a string, a list the crate reads (`token_endpoint_auth_methods_supported`,
+    /// `token_endpoint_auth_signing_alg_values_supported`) is not a list of strings, or
+    /// `private_key_jwt` is missing from a present `token_endpoint_auth_methods_supported`;
+    /// [`ErrorKind::Config`] when the token endpoint is not HTTPS (loopback hosts excepted). A
+    /// member the crate does not read with an unexpected type is no error: its field is `None`
+    /// and the member is in [`other`](Self::other) as published.
+    ///
+    /// ```
+    /// # use koppeltaal_auth::smart::SmartConfiguration;
+    /// let base = url::Url::parse("https://fhir.example.org/fhir/DEFAULT").unwrap();
+    /// let body = br#"{"token_endpoint": "https://auth.example.org/oauth2/token",
+    ///                 "grant_types_supported": "client_credentials"}"#;
+    /// let config = SmartConfiguration::from_json(body, &base)?;
+    /// assert_eq!(config.grant_types_supported, None);
+    /// assert_eq!(config.other["grant_types_supported"], "client_credentials");
+    /// # Ok::<(), koppeltaal_auth::Error>(())
+    /// ```
     pub fn from_json(body: &[u8], fhir_base: &Url) -> Result<Self, Error> {
         let discovery = |message: &'static str| Error::new(ErrorKind::Discovery, message);
         let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
@@ -93,15 +111,17 @@ impl SmartConfiguration {
         };
         let resolved = resolve(&endpoint, fhir_base)?;
         object.insert("token_endpoint".to_owned(), Value::String(resolved));
+        let misfits = take_misfits(&mut object);
         // serde's message quotes the member's value, which may be the whole body: truncated as
         // any server text, and not kept as the error's source.
-        let config: Self = serde_json::from_value(Value::Object(object)).map_err(|err| {
+        let mut config: Self = serde_json::from_value(Value::Object(object)).map_err(|err| {
             let why = crate::redact::sanitize_snippet(err.to_string().as_bytes());
             Error::new(
                 ErrorKind::Discovery,
                 format!("the SMART configuration has a malformed member: {why}"),
             )
         })?;
+        config.other.extend(misfits);
         if let Some(methods) = &config.token_endpoint_auth_methods_supported
             && !methods.iter().any(|method| method == "private_key_jwt")
         {
@@ -121,6 +141,41 @@ impl SmartConfiguration {
             .as_ref()
             .is_none_or(|algs| algs.iter().any(|a| a == alg.as_str()))
     }
+}
+
+/// The members the crate does not read, each with the shape its field has: `true` for a list of
+/// strings, `false` for a string.
+const UNREAD: [(&str, bool); 6] = [
+    ("issuer", false),
+    ("jwks_uri", false),
+    ("introspection_endpoint", false),
+    ("grant_types_supported", true),
+    ("scopes_supported", true),
+    ("capabilities", true),
+];
+
+/// Takes out of `object` each member the crate does not read whose value does not have its
+/// field's shape (`null` fits any: it reads as `None`), to be kept in `other` as published.
+fn take_misfits(object: &mut Map<String, Value>) -> Vec<(String, Value)> {
+    let fits = |value: &Value, list: bool| match value {
+        Value::Null => true,
+        Value::String(_) => !list,
+        Value::Array(items) => list && items.iter().all(Value::is_string),
+        _ => false,
+    };
+    let mut misfits = Vec::new();
+    for (name, list) in UNREAD {
+        if object.get(name).is_some_and(|value| !fits(value, list))
+            && let Some(misfit) = object.remove_entry(name)
+        {
+            tracing::warn!(
+                member = name,
+                "a SMART configuration member has an unexpected type: not read, kept in `other`"
+            );
+            misfits.push(misfit);
+        }
+    }
+    misfits
 }
 
 /// Resolves a published token endpoint: an absolute URL stays byte for byte as published (the
@@ -294,7 +349,12 @@ mod tests {
                 "private_key_jwt",
             ),
             (
-                r#"{"token_endpoint":"https://a/t","grant_types_supported":"client_credentials"}"#,
+                r#"{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":"private_key_jwt"}"#,
+                ErrorKind::Discovery,
+                "malformed member",
+            ),
+            (
+                r#"{"token_endpoint":"https://a/t","token_endpoint_auth_signing_alg_values_supported":["RS512",5]}"#,
                 ErrorKind::Discovery,
                 "malformed member",
             ),
@@ -331,11 +391,61 @@ mod tests {
     fn a_huge_malformed_member_is_not_echoed_whole() {
         let b = base("https://fhir.example.org/fhir");
         let huge = "s".repeat(60_000);
-        let doc = format!(r#"{{"token_endpoint":"https://a/t","scopes_supported":"{huge}"}}"#);
+        let doc = format!(
+            r#"{{"token_endpoint":"https://a/t","token_endpoint_auth_methods_supported":"{huge}"}}"#
+        );
         let err = SmartConfiguration::from_json(doc.as_bytes(), &b).unwrap_err();
         assert!(err.to_string().contains("malformed member"), "{err}");
         let all = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
         assert!(all.len() < 1_500, "{} bytes: {all:.300}", all.len());
+    }
+
+    #[test]
+    fn an_unread_member_of_another_type_is_kept_as_published() {
+        let b = base("https://fhir.example.org/fhir");
+        let doc = serde_json::json!({
+            "token_endpoint": "https://a/t",
+            "issuer": 7,
+            "jwks_uri": ["https://a/jwks"],
+            "introspection_endpoint": {"url": "https://a/i"},
+            "grant_types_supported": "client_credentials",
+            "scopes_supported": ["system/*.read", 5],
+            "capabilities": null,
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        });
+        let config = SmartConfiguration::from_json(&serde_json::to_vec(&doc).unwrap(), &b).unwrap();
+        assert_eq!(config.token_endpoint, "https://a/t");
+        assert_eq!(
+            config.token_endpoint_auth_methods_supported.as_deref(),
+            Some(&["private_key_jwt".to_owned()][..])
+        );
+        let unread = (
+            &config.issuer,
+            &config.jwks_uri,
+            &config.introspection_endpoint,
+            &config.grant_types_supported,
+            &config.scopes_supported,
+            &config.capabilities,
+        );
+        assert_eq!(unread, (&None, &None, &None, &None, &None, &None));
+        let members = ["issuer", "jwks_uri", "introspection_endpoint"];
+        for name in members
+            .into_iter()
+            .chain(["grant_types_supported", "scopes_supported"])
+        {
+            assert_eq!(config.other.get(name), Some(&doc[name]), "{name}");
+        }
+        // Exact on output: it serialises back to what was published (`null` aside).
+        let mut published = doc;
+        published.as_object_mut().unwrap().remove("capabilities");
+        assert_eq!(serde_json::to_value(&config).unwrap(), published);
+        // Members of the right type still fill their fields.
+        let fitting =
+            br#"{"token_endpoint":"https://a/t","issuer":"https://a","scopes_supported":["s"]}"#;
+        let config = SmartConfiguration::from_json(fitting, &b).unwrap();
+        assert_eq!(config.issuer.as_deref(), Some("https://a"));
+        assert_eq!(config.scopes_supported, Some(vec!["s".to_owned()]));
+        assert!(config.other.is_empty(), "{:?}", config.other);
     }
 
     #[test]
