@@ -135,3 +135,83 @@ impl Previous {
         self.local.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use http::HeaderMap;
+
+    use super::super::TokenCell;
+    use super::*;
+    use crate::Error;
+    use crate::token::{BoxFuture, RefreshPolicy, TokenSource};
+
+    /// Tokens that start now by the wall clock, as an issuer's `iat` says.
+    #[derive(Default)]
+    struct Starting(AtomicU64);
+
+    impl TokenSource for Starting {
+        fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(
+                    AccessToken::new(&format!("t{n}"), Duration::from_secs(300), Instant::now())?
+                        .with_not_before(Some(SystemTime::now())),
+                )
+            })
+        }
+    }
+
+    /// While the FHIR server does not take a new token yet, the token it replaced serves, but
+    /// never one the server refused: the cell waits for the new one instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_never_serves_as_its_successors_previous() {
+        let backoff = Duration::from_secs(10);
+        let policy = RefreshPolicy::default()
+            .backoff(backoff, backoff)
+            .background_refresh(false);
+        let cell = TokenCell::new(Starting::default(), policy);
+        cell.ready().await.unwrap();
+        assert!(cell.invalidate(1), "young once: renewed at once");
+        assert_eq!(cell.token().await.unwrap().generation(), 2);
+        assert!(
+            cell.invalidate(2),
+            "young again: kept, refused, renewed after the backoff"
+        );
+        assert_eq!(cell.current().map(|token| token.generation()), Some(2));
+        // The FHIR server's clock is 30 s behind: a new token serves only once it passes.
+        let mut headers = HeaderMap::new();
+        let behind = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
+        headers.insert(http::header::DATE, behind.parse().unwrap());
+        let _ = cell.judge_401(2, &headers, false);
+        tokio::time::advance(backoff).await;
+        let renewal = tokio::spawn({
+            let cell = cell.clone();
+            async move { cell.renewed(2).await.map(|token| token.generation()) }
+        });
+        while cell.shared.current.load().as_ref().map(|c| c.generation) != Some(3) {
+            tokio::task::yield_now().await;
+        }
+        let installed = cell.shared.current.load_full().unwrap();
+        assert!(
+            installed.valid_from > Instant::now(),
+            "the FHIR server takes it later"
+        );
+        assert!(
+            installed.previous.is_none(),
+            "the refused token is not kept"
+        );
+        assert!(
+            cell.current().is_none(),
+            "the refused token is not handed out"
+        );
+        assert_eq!(
+            renewal.await.unwrap().unwrap(),
+            3,
+            "the renewal waits for the new one"
+        );
+        assert!(Instant::now() >= installed.valid_from);
+    }
+}
