@@ -29,6 +29,10 @@ fn parse_blocks(input: &[u8]) -> Result<Vec<Block>, Error> {
     let invalid = || Error::key("the input is not valid PEM");
     let text = std::str::from_utf8(input).map_err(|_| invalid())?;
     let mut blocks = Vec::new();
+    // One buffer for every block's base64 text, wiped (all of its capacity) when dropped: it is
+    // at most as long as the input, so it never grows and leaves no copy behind. One per block
+    // would cost the input's length in writes per block: quadratic in the number of blocks.
+    let mut base64 = Zeroizing::new(String::with_capacity(input.len()));
     let mut lines = text.lines().map(str::trim);
     while let Some(line) = lines.next() {
         let Some(tag) = line
@@ -38,8 +42,7 @@ fn parse_blocks(input: &[u8]) -> Result<Vec<Block>, Error> {
             continue;
         };
         let end = format!("-----END {tag}-----");
-        // The base64 text is at most as long as the input.
-        let mut base64 = Zeroizing::new(String::with_capacity(input.len()));
+        base64.clear();
         let mut encrypted = false;
         let mut closed = false;
         for line in lines.by_ref() {
@@ -310,5 +313,18 @@ mod tests {
         assert!(parse_blocks(b"no pem at all").unwrap().is_empty());
         assert!(pkcs1_in_pkcs8(b"\x30\x05\x02\x01").is_none());
         assert!(pkcs1_in_pkcs8(&[]).is_none());
+    }
+
+    /// Many blocks cost the input's length once, not once per block: 120,000 empty blocks
+    /// (4 MiB; `from_pem` takes any length) took ~5 s when each block had a buffer of the
+    /// input's length, wiped when dropped, and take ~0.2 s now (debug build).
+    #[test]
+    fn many_blocks_are_parsed_in_time_linear_in_the_input() {
+        let input = "-----BEGIN X-----\n-----END X-----\n".repeat(120_000);
+        let started = std::time::Instant::now();
+        let blocks = parse_blocks(input.as_bytes()).unwrap();
+        let took = started.elapsed();
+        assert_eq!(blocks.len(), 120_000);
+        assert!(took < std::time::Duration::from_secs(3), "{took:?}");
     }
 }
