@@ -269,6 +269,19 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
         );
         assert!(stdout(&output).is_empty(), "{args:?}: nothing on stdout");
     }
+    // A proxy URL that reqwest refuses: the message never shows its password.
+    for proxy in [
+        "http://user:hunter2@proxy.example:99999",
+        "socks5://user:hunter2@proxy example:1080",
+    ] {
+        let mut args = vec!["token", "--client-id", "c", "--key", &rsa];
+        args.extend(["--token-endpoint", &endpoint, "--proxy", proxy]);
+        let output = run(&args).await;
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{proxy}: {said}");
+        assert!(said.contains("invalid --proxy"), "{proxy}: {said}");
+        assert!(!said.contains("hunter2"), "{proxy}: {said}");
+    }
     mock.fail_next_token_requests(1, http::StatusCode::SERVICE_UNAVAILABLE, None);
     let unavailable = run(&[
         "token",

@@ -49,8 +49,9 @@ impl Credentials {
         self.proxy
             .as_deref()
             .map(|url| {
+                // Not shown: it may hold a password.
                 reqwest::Proxy::all(url)
-                    .map_err(|err| failure(2, format!("invalid --proxy {url}: {err}")))
+                    .map_err(|err| failure(2, format!("invalid --proxy: {err}")))
             })
             .transpose()
     }
