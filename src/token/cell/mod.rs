@@ -292,7 +292,9 @@ impl TokenCell {
     }
 
     /// [`invalidate`](Self::invalidate)s `generation` and waits for a usable token of a later
-    /// generation (the renewal, or one another caller already got).
+    /// generation (the renewal, or one another caller already got). A generation this cell has
+    /// not handed out yet counts as its latest: the current token is kept, and one renewal
+    /// serves the call.
     ///
     /// # Errors
     ///

@@ -18,9 +18,13 @@ use crate::token::policy::later;
 impl Shared {
     /// Waits for a usable token of a generation after `after`, starting refreshes as needed,
     /// until the policy's wait timeout. Counts the wait and its time.
+    ///
+    /// A generation the cell has not reached counts as its latest: one renewal serves it, never
+    /// one fetch per generation up to it.
     pub(super) async fn wait_for(self: &Arc<Self>, after: u64) -> Result<Usable, Error> {
         // Before any timer is made: tokio panics on a runtime without timers.
         self.runtimes.usable().map_err(Unusable::error)?;
+        let after = after.min(self.lock().generation);
         self.unpark_refresher();
         self.counters.waits.fetch_add(1, Ordering::Relaxed);
         // Counted on drop: a wait whose caller gives up counts too.
@@ -128,5 +132,24 @@ impl Drop for WaitClock<'_> {
     fn drop(&mut self) {
         let waited = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.total.fetch_add(waited, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::FakeTokenSource;
+    use crate::token::{RefreshPolicy, TokenCell};
+
+    /// A generation from elsewhere (another cell, a stale counter) asks for one renewal, not a
+    /// fetch per generation up to it.
+    #[tokio::test(start_paused = true)]
+    async fn a_generation_the_cell_has_not_reached_costs_one_renewal() {
+        let source = FakeTokenSource::new();
+        let policy = RefreshPolicy::default().background_refresh(false);
+        let cell = TokenCell::new(source.clone(), policy);
+        cell.ready().await.unwrap();
+        assert_eq!(cell.renewed(10).await.unwrap().generation(), 2);
+        assert_eq!(source.fetches_started(), 2);
+        assert_eq!(cell.current().map(|token| token.generation()), Some(2));
     }
 }
