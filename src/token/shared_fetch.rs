@@ -2,6 +2,7 @@
 //! or wait for the lease holder's token; fall back to fetching alone when the store fails.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,7 +26,7 @@ pub(crate) enum Via {
 /// What the refresh needs to know about the cell.
 pub(crate) struct Context<'a> {
     pub(crate) source: &'a dyn TokenSource,
-    pub(crate) store: &'a dyn TokenStore,
+    pub(crate) store: &'a Arc<dyn TokenStore>,
     pub(crate) store_policy: StorePolicy,
     pub(crate) policy: &'a RefreshPolicy,
     /// The token being replaced (digest, time left): only another token that lives longer is
@@ -64,6 +65,42 @@ async fn bounded<T>(
                 "token store too slow"
             );
             None
+        }
+    }
+}
+
+/// The refresh lease this instance holds: released when the attempt is done with it, and, when
+/// the attempt ends any other way (its source panicked, it was cut off at its deadline, its
+/// runtime went away), released on drop by a task of its own, so that the other instances
+/// notice within one poll interval instead of waiting for the lease to lapse.
+struct Lease {
+    store: Arc<dyn TokenStore>,
+    owner: Option<String>,
+    timeout: Duration,
+}
+
+impl Lease {
+    async fn release(mut self) {
+        if let Some(owner) = &self.owner {
+            let _ = bounded(self.timeout, self.store.release_lease(owner)).await;
+        }
+        // Released (or the store failed to): nothing left for drop, unless this was cut short.
+        self.owner = None;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(owner) = self.owner.take() else {
+            return;
+        };
+        // Best effort: without a runtime the lease lapses on its own.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, timeout) = (Arc::clone(&self.store), self.timeout);
+            tracing::debug!("the refresh attempt ended holding the lease: releasing it");
+            drop(runtime.spawn(async move {
+                let _ = bounded(timeout, store.release_lease(&owner)).await;
+            }));
         }
     }
 }
@@ -167,16 +204,19 @@ impl Context<'_> {
         }
     }
 
-    /// Fetches, publishes the token, and releases the lease if `owner` holds it.
-    async fn fetch_and_publish(&self, owner: Option<String>) -> Result<AccessToken, Error> {
+    /// Fetches, publishes the token, and releases the lease if it holds one.
+    async fn fetch_and_publish(&self, lease: Option<Lease>) -> Result<AccessToken, Error> {
         let result = self.source.fetch().await;
-        let timeout = self.store_policy.operation_timeout;
         if let Ok(token) = &result {
             let shared = stored(token);
-            let _ = bounded(timeout, self.store.save(&shared)).await;
+            let _ = bounded(
+                self.store_policy.operation_timeout,
+                self.store.save(&shared),
+            )
+            .await;
         }
-        if let Some(owner) = owner {
-            let _ = bounded(timeout, self.store.release_lease(&owner)).await;
+        if let Some(lease) = lease {
+            lease.release().await;
         }
         result
     }
@@ -199,13 +239,18 @@ impl Context<'_> {
         loop {
             match bounded(timeout, self.store.try_lease(lease)).await {
                 Some(Some(owner)) => {
+                    let lease = Lease {
+                        store: Arc::clone(self.store),
+                        owner: Some(owner),
+                        timeout,
+                    };
                     // The holder before us may have published just before it released the
                     // lease, or someone between our look and our lease.
                     if let Ok(Some(token)) = self.load_acceptable().await {
-                        let _ = bounded(timeout, self.store.release_lease(&owner)).await;
+                        lease.release().await;
                         return (Ok(token), Via::Adopted);
                     }
-                    return (self.fetch_and_publish(Some(owner)).await, Via::Fetched);
+                    return (self.fetch_and_publish(Some(lease)).await, Via::Fetched);
                 }
                 Some(None) => {}
                 None => return (self.source.fetch().await, Via::Fallback),

@@ -161,7 +161,7 @@ impl Shared {
         let rejected = self.lock().rejected;
         let context = shared_fetch::Context {
             source: &*self.source,
-            store: &**store,
+            store,
             store_policy: *store_policy,
             policy: &self.policy,
             current,

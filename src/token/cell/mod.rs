@@ -139,7 +139,8 @@ struct Shared {
     quiet_until: AtomicU64,
     epoch: Instant,
     source: Box<dyn TokenSource>,
-    store: Option<(Box<dyn TokenStore>, StorePolicy)>,
+    /// Shared with the task that releases a lease its attempt left held (see `shared_fetch`).
+    store: Option<(Arc<dyn TokenStore>, StorePolicy)>,
     policy: RefreshPolicy,
     sched: Mutex<Sched>,
     /// Wakes the background refresher when the schedule changes or the cell is dropped.
@@ -197,7 +198,7 @@ impl TokenCell {
                 quiet_until: AtomicU64::new(0),
                 epoch: Instant::now(),
                 source,
-                store,
+                store: store.map(|(store, policy)| (Arc::from(store), policy)),
                 policy,
                 sched: Mutex::new(Sched::default()),
                 wake: Arc::new(Notify::new()),
