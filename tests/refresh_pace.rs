@@ -2,7 +2,8 @@
 //! background refresher never spins, no setting refreshes in a loop, a zero wait timeout still
 //! starts the fetch that serves later callers, a proactive refresh stuck on an idle runtime is
 //! taken over before the token runs out, and a request that waited for the FHIR server's clock
-//! is never replayed with a token the cell has dropped meanwhile.
+//! is never replayed with a token the cell has dropped meanwhile, and a safety margin larger
+//! than the refresh-ahead window still refreshes ahead.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -335,4 +336,29 @@ async fn a_slow_token_endpoint_is_not_asked_again_the_moment_it_answers() {
         // 11 s for the fetch, then 2 s (a tenth of 20 s) of use.
         assert!(pair[1] - pair[0] >= secs(13), "{:?}", pair[1] - pair[0]);
     }
+}
+
+/// A safety margin larger than the refresh-ahead window (120 s against 60 s for 300 s tokens):
+/// the refresh point used to come after the token stopped being handed out, so nothing refreshed
+/// it ahead, and every lifetime requests waited for a fetch. Now the refresher renews it before.
+#[tokio::test(start_paused = true)]
+async fn a_margin_larger_than_the_window_still_refreshes_ahead() {
+    let source = FakeTokenSource::new().with_lifetime(secs(300));
+    let policy = RefreshPolicy::default()
+        .expiry_margin(secs(120), 0.5)
+        .refresh_jitter(0.0);
+    let cell = TokenCell::new(source.clone(), policy);
+    cell.ready().await.unwrap();
+    let waits = cell.stats().waits;
+    // Each token is refreshed 180 s ahead, 60 s before its margin begins: every 120 s.
+    for second in 1..=900 {
+        tokio::time::sleep(secs(1)).await;
+        assert!(cell.current().is_some(), "a token at {second} s");
+    }
+    assert_eq!(source.fetches_started(), 8, "at 0, 120, ..., 840 s");
+    assert_eq!(
+        cell.stats().waits,
+        waits,
+        "nothing waited for a fetch after the first"
+    );
 }

@@ -132,6 +132,12 @@ impl RefreshPolicy {
     /// (see [`refresh_jitter`](Self::refresh_jitter)) at most [`MAX_REFRESH_AHEAD_SHARE`] (90%)
     /// of the lifetime is refreshed ahead; and a token that the FHIR server does not take yet
     /// (its clock is behind) is not refreshed before it does.
+    ///
+    /// The window (with its jitter) is never less than the
+    /// [expiry margin](Self::expiry_margin) plus the smaller of the two, so that the refresh
+    /// comes before the token stops being handed out: with a 120 s margin and a 60 s window, a
+    /// 300 s token is refreshed 180 s early, 60 s before the margin begins. Zero (with no
+    /// jitter) refreshes exactly when the margin begins, and requests then wait for the fetch.
     pub fn refresh_ahead(
         mut self,
         min: Duration,
@@ -228,13 +234,22 @@ impl RefreshPolicy {
     /// for at least a tenth of its lifetime before it is refreshed, so that no setting makes
     /// the cell refresh in a loop (a refresh point at arrival would start the next refresh as
     /// soon as one succeeds).
+    ///
+    /// Never less than the expiry margin plus the smaller of the window and the margin: a
+    /// window at or below the margin counts back from the instant the token stops being handed
+    /// out (else the refresh point would come after it, and every lifetime requests would wait
+    /// for a fetch), and the default window, larger than twice the margin, is unchanged.
     pub(crate) fn refresh_ahead_for(&self, lifetime: Duration, random: f64) -> Duration {
         let window = self
             .refresh_ahead_min
             .max(lifetime.mul_f64(self.refresh_ahead_fraction))
             .min(lifetime.mul_f64(self.refresh_ahead_max_fraction));
         let jitter = lifetime.mul_f64(self.jitter_fraction * fraction(random));
-        (window + jitter).min(lifetime.mul_f64(MAX_REFRESH_AHEAD_SHARE))
+        let ahead = window + jitter;
+        let margin = self.expiry_margin_for(lifetime);
+        ahead
+            .max(margin.saturating_add(ahead.min(margin)))
+            .min(lifetime.mul_f64(MAX_REFRESH_AHEAD_SHARE))
     }
 
     /// How long to wait before attempt `failures + 1`, after `failures` (>= 1) failed attempts

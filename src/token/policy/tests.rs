@@ -132,5 +132,40 @@ fn fractions_are_clamped() {
         .refresh_jitter(f64::NAN)
         .refresh_ahead(secs(1), 7.0, -1.0);
     assert_eq!(p.jitter_fraction, 0.0);
-    assert_eq!(p.refresh_ahead_for(secs(100), 0.5), Duration::ZERO);
+    // A zero window: refreshed when the margin (10 s of 100 s) begins, never after it.
+    assert_eq!(p.refresh_ahead_for(secs(100), 0.5), secs(10));
+}
+
+#[test]
+fn a_window_at_or_below_the_margin_still_refreshes_before_the_margin() {
+    let big_margin = RefreshPolicy::default()
+        .expiry_margin(secs(120), 0.5)
+        .refresh_jitter(0.0);
+    // Window 60 s, margin 120 s: 60 s before the margin begins.
+    assert_eq!(big_margin.refresh_ahead_for(secs(300), 0.0), secs(180));
+    let exact = RefreshPolicy::default()
+        .refresh_ahead(Duration::ZERO, 0.0, 0.0)
+        .refresh_jitter(0.0);
+    assert_eq!(exact.refresh_ahead_for(secs(300), 0.0), secs(10));
+    for margin in [secs(1), secs(10), secs(30), secs(60), secs(100), secs(200)] {
+        for window in [secs(0), secs(5), secs(30), secs(60), secs(120)] {
+            let p = RefreshPolicy::default()
+                .expiry_margin(margin, 1.0)
+                .refresh_ahead(window, 0.0, 1.0)
+                .refresh_jitter(0.0);
+            let (ahead, margin) = (
+                p.refresh_ahead_for(secs(300), 0.0),
+                p.expiry_margin_for(secs(300)),
+            );
+            let capped = ahead == secs(300).mul_f64(MAX_REFRESH_AHEAD_SHARE);
+            assert!(
+                capped || ahead >= margin + window.min(margin),
+                "{margin:?} {window:?}"
+            );
+            assert!(
+                ahead >= window.min(secs(270)),
+                "never later than the window asks"
+            );
+        }
+    }
 }
