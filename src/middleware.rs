@@ -136,7 +136,9 @@ impl Middleware for KoppeltaalAuthMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let shared = &*self.shared;
-        if request.headers().contains_key(AUTHORIZATION) || !shared.scope.matches_url(request.url())
+        if request.headers().contains_key(AUTHORIZATION)
+            || !shared.scope.matches_url(request.url())
+            || !shared.scope.takes_host(request.headers())
         {
             return next.run(request, extensions).await;
         }

@@ -157,7 +157,8 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if !self.shared.scope.matches_uri(request.uri()) {
+        let scope = &self.shared.scope;
+        if !scope.matches_uri(request.uri()) || !scope.takes_host(request.headers()) {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
         match self.shared.cell.current_linked() {

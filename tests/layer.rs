@@ -135,6 +135,44 @@ async fn plain_http_to_the_fhir_host_gets_no_token() {
     );
 }
 
+/// A request to the base with its own `Host` header is routed by that header: the token goes
+/// only when it names the base's host and port (any case, the default port or none).
+#[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() {
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir")
+        .token_source(FakeTokenSource::new())
+        .build()
+        .unwrap();
+    let seen = Arc::default();
+    let service = auth
+        .layer()
+        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    let cases: &[(&[&str], bool)] = &[
+        (&[], true),
+        (&["fhir.example.org"], true),
+        (&["FHIR.Example.ORG"], true),
+        (&["fhir.example.org:443"], true),
+        (&["other-tenant.example.org"], false),
+        (&["fhir.example.org:8443"], false),
+        (&["fhir.example.org."], false),
+        (&["fhir.example.org", "other-tenant.example.org"], false),
+    ];
+    for (hosts, _) in cases {
+        let mut request = get("https://fhir.example.org/fhir/Patient/1");
+        for host in *hosts {
+            let host = http::HeaderValue::from_str(host).unwrap();
+            request.headers_mut().append(http::header::HOST, host);
+        }
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    for ((hosts, token), got) in cases.iter().zip(seen.iter()) {
+        assert_eq!(got.is_some(), *token, "Host {hosts:?}");
+    }
+    assert_eq!(seen.len(), cases.len());
+}
+
 #[tokio::test]
 async fn a_callers_own_authorization_is_left_alone_and_never_retried() {
     let mock = mock().await;

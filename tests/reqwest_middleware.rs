@@ -244,6 +244,25 @@ async fn no_token_appears_in_trace_logs() {
     }
 }
 
+/// reqwest sends a caller's own `Host` header, and the server routes by it: the token goes only
+/// when it names the FHIR base's host and port.
+#[tokio::test]
+async fn a_host_header_naming_another_host_gets_no_token() {
+    let server = RecordingServer::start().await;
+    let auth = server.authenticator();
+    let url = server.url("/fhir/DEFAULT/Patient/1");
+    let own = url::Url::parse(&url).unwrap();
+    let own = format!("{}:{}", own.host_str().unwrap(), own.port().unwrap());
+    for host in [own.as_str(), "other-tenant.example.org"] {
+        let response = client(&auth).get(&url).header("host", host).send().await;
+        assert_eq!(response.unwrap().status(), StatusCode::OK, "{host}");
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].authorization.is_some(), "its own host: {seen:?}");
+    assert!(seen[1].authorization.is_none(), "another host: {seen:?}");
+}
+
 /// reqwest follows redirects below the middleware and keeps `Authorization` on one origin: with
 /// `redirect_policy` a redirect from the FHIR base to elsewhere on its server is returned, not
 /// followed (with reqwest's default policy the token went along: the first assertion block),

@@ -115,6 +115,19 @@ impl FhirScope {
             && self.path_matches(uri.path())
     }
 
+    /// Whether the request's `Host` headers, if it has any, name this scope's host and port
+    /// (any case): a client that sends its own `Host` (hyper-util and reqwest keep it) has the
+    /// server route the request by it, so a `Host` naming another virtual host on the same
+    /// server (another Koppeltaal domain behind one ingress) would take the token there.
+    #[inline]
+    pub(crate) fn takes_host(&self, headers: &http::HeaderMap) -> bool {
+        headers.get_all(http::header::HOST).iter().all(|host| {
+            self.authorities
+                .iter()
+                .any(|ours| ours.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+        })
+    }
+
     /// Whether a request for `text`, a URL as a caller writes it, may carry the token: the one
     /// decision for [`Authenticator::covers`](crate::Authenticator::covers) and the CLI. Both
     /// spellings a client may send must pass: the URI as written (what the tower layer sees and
