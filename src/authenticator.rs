@@ -90,7 +90,8 @@ impl Authenticator {
         self.shared.cell.stats()
     }
 
-    /// The FHIR base URL the token is scoped to, as configured.
+    /// The FHIR base URL the token is scoped to, as configured but without a trailing slash, so
+    /// that appending `/Patient/1` to it makes a request URL in scope.
     #[must_use]
     pub fn fhir_base_url(&self) -> &str {
         &self.fhir_base

@@ -313,7 +313,13 @@ impl KoppeltaalAuthBuilder {
 
     fn finish(self, base: &Url, endpoint: Option<String>) -> Result<Authenticator, Error> {
         let scope = FhirScope::new(base)?;
-        let fhir_base: Arc<str> = self.fhir_base.clone().unwrap_or_default().into();
+        // Without a trailing slash: `format!("{}/Patient/1", auth.fhir_base_url())` is in scope.
+        let fhir_base: Arc<str> = self
+            .fhir_base
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .into();
         let store = match self.shared_store {
             Some(shared) => {
                 // Without a client id, two custom sources (two identities) would share a token.

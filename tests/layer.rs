@@ -135,6 +135,28 @@ async fn plain_http_to_the_fhir_host_gets_no_token() {
     );
 }
 
+/// A base written with a trailing slash is handed back without it, so that the README's
+/// `format!("{}/Patient/123", auth.fhir_base_url())` makes no `//` in the path.
+#[tokio::test]
+async fn a_base_with_a_trailing_slash_is_handed_back_without_it() {
+    let auth = KoppeltaalAuth::builder()
+        .fhir_base_url("https://fhir.example.org/fhir/DEFAULT/")
+        .token_source(FakeTokenSource::new())
+        .build()
+        .unwrap();
+    assert_eq!(
+        auth.fhir_base_url(),
+        "https://fhir.example.org/fhir/DEFAULT"
+    );
+    let seen = Arc::default();
+    let service = auth
+        .layer()
+        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    let url = format!("{}/Patient/123", auth.fhir_base_url());
+    service.oneshot(get(&url)).await.unwrap();
+    assert!(seen.lock().unwrap()[0].is_some(), "{url} gets the token");
+}
+
 /// A request to the base with its own `Host` header is routed by that header: the token goes
 /// only when it names the base's host and port (any case, the default port or none).
 #[tokio::test]

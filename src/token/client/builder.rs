@@ -134,9 +134,10 @@ impl ClientCredentialsBuilder {
         self
     }
 
-    /// Sets the timeout of one token request when the default client is used. Defaults to 10
-    /// seconds; more than zero and at most [`MAX_REQUEST_TIMEOUT`] (checked by
-    /// [`build`](Self::build)).
+    /// Sets the timeout of one token request: on the default client (10 seconds when not set),
+    /// and on one built from [`http_client_builder`](Self::http_client_builder), where it
+    /// replaces the builder's own timeout. Must be more than zero and at most
+    /// [`MAX_REQUEST_TIMEOUT`] (checked by [`build`](Self::build)).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

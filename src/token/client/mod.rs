@@ -37,7 +37,8 @@ const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type
 /// `grant_type=client_credentials`,
 /// `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer`,
 /// `client_assertion=<jwt>`, and `scope` only when configured (Koppeltaal ignores it). No client
-/// secret, no Basic auth, no redirects followed. Response bodies over 64 KiB are refused unread.
+/// secret, no Basic auth, no redirects followed. A token response over 64 KiB is refused unread;
+/// an error response is read up to 64 KiB for its message, and keeps its status.
 ///
 /// Cheap to clone.
 ///
