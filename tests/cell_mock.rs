@@ -54,7 +54,9 @@ async fn under_load_the_endpoint_sees_one_request_per_token() {
     // arrived), and well before it expired (2 s).
     for pair in requests.windows(2) {
         let gap = pair[1].received_at - pair[0].received_at;
-        assert!(gap >= Duration::from_millis(990), "early refresh: {gap:?}");
+        // Measured where the mock reads the request: its own scheduling on a loaded machine
+        // moves each reading by tens of milliseconds.
+        assert!(gap >= Duration::from_millis(900), "early refresh: {gap:?}");
         assert!(gap < Duration::from_millis(1_500), "late refresh: {gap:?}");
     }
 }

@@ -77,7 +77,7 @@ async fn with_mock_koppeltaal_2_s_behind_no_request_fails() {
     assert_eq!(failed, 0);
     // 2 s behind plus the `Date` resolution, plus real-time slack for a loaded machine.
     assert!(
-        longest <= Duration::from_millis(3_500),
+        longest <= Duration::from_millis(5_000),
         "a request waited {longest:?}"
     );
     // 4 s tokens refresh 1.6-2 s apart: over 12 s at most 8 refreshes, the first token, one

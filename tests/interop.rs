@@ -185,8 +185,9 @@ async fn proactive_refresh_survives_expiry_with_one_token_request_per_token() {
         .collect();
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
+        // Read by node when it has the body: its event loop's lag moves each reading.
         assert!(
-            (1_950..3_000).contains(&gap),
+            (1_800..3_000).contains(&gap),
             "one request per refresh point: {gap} ms"
         );
     }

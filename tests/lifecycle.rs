@@ -159,7 +159,10 @@ fn the_block_on_wrapper_pattern_never_hands_out_an_expired_token() {
     let lifetime = ms(300);
     let source = Recording::new(lifetime);
     let runtime = real_runtime();
-    let cell = runtime.block_on(async { TokenCell::new(source.clone(), RefreshPolicy::default()) });
+    // A 120 ms margin (the default's 10% would be 30 ms): the check reads the clock again after
+    // the cell did, and a loaded machine may deschedule the thread in between.
+    let policy = RefreshPolicy::default().expiry_margin(ms(120), 0.4);
+    let cell = runtime.block_on(async { TokenCell::new(source.clone(), policy) });
     let client = SyncClient { runtime, cell };
     let start = std::time::Instant::now();
     let mut pauses = [10u64, 90, 170, 260, 290, 310, 450, 40, 130, 220]
@@ -204,7 +207,9 @@ fn a_runtime_with_every_worker_blocked_never_hands_out_an_expired_token() {
         .enable_all()
         .build()
         .unwrap();
-    let cell = runtime.block_on(async { TokenCell::new(source.clone(), RefreshPolicy::default()) });
+    // A 150 ms margin, for the same reason as above.
+    let policy = RefreshPolicy::default().expiry_margin(ms(150), 0.4);
+    let cell = runtime.block_on(async { TokenCell::new(source.clone(), policy) });
     runtime.block_on(cell.ready()).unwrap();
     let tasks: Vec<_> = (0..2)
         .map(|_| {

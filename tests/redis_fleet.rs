@@ -300,8 +300,10 @@ async fn a_redis_that_hangs_fails_no_request_and_delays_none_long() {
         "no call failed"
     );
     let slowest = results.iter().map(|r| r.4).max().unwrap();
+    // The store is frozen for 2 s; a call that waits for a fetch after a store operation timed
+    // out (300 ms each, a few in a row at worst) stays well below that, even on a loaded machine.
     assert!(
-        slowest < Duration::from_millis(700),
+        slowest < Duration::from_millis(1_500),
         "no call waited for the frozen store: slowest {slowest:?}"
     );
     // Two lifetimes of 1 s tokens passed while the store was frozen: each instance renewed on

@@ -55,8 +55,8 @@ async fn revocation_every_200_ms_under_100_concurrent_requests() {
                 })
             })
             .collect();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
+        // A fixed count, not a time span: a loaded machine runs fewer rounds in one.
+        for _ in 0..25 {
             sleep(Duration::from_millis(200)).await;
             mock.revoke_all_tokens();
         }
@@ -72,7 +72,7 @@ async fn revocation_every_200_ms_under_100_concurrent_requests() {
             "under load: {} requests",
             sent.load(Ordering::Relaxed)
         );
-        assert!(stats.revocations >= 20);
+        assert_eq!(stats.revocations, 25);
         assert_eq!(
             stats.tokens_issued,
             1 + stats.revocations,

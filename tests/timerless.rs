@@ -16,9 +16,17 @@ use koppeltaal_auth::testing::FakeTokenSource;
 use koppeltaal_auth::{ErrorKind, KoppeltaalAuthLayer, RefreshPolicy, TokenCell};
 use tower::{Layer, ServiceExt};
 
-/// Panics whose message says timers are disabled, anywhere in this test binary (the hook
-/// counts them and prints nothing).
-static TIMER_PANICS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Panics on this thread whose message says timers are disabled (the hook counts them and
+    /// prints nothing). Per thread: the tests of this binary run at once, and each runtime here
+    /// runs on the thread that drives it, so a test counts only its own runtimes' panics.
+    static TIMER_PANICS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's count of timer panics.
+fn timer_panics() -> usize {
+    TIMER_PANICS.with(std::cell::Cell::get)
+}
 
 fn count_timer_panics() {
     static HOOK: Once = Once::new();
@@ -32,7 +40,7 @@ fn count_timer_panics() {
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             if message.contains("timers are disabled") {
-                TIMER_PANICS.fetch_add(1, Ordering::SeqCst);
+                TIMER_PANICS.with(|count| count.set(count.get() + 1));
             } else {
                 previous(info);
             }
@@ -74,18 +82,16 @@ fn a_caller_that_needs_a_token_gets_a_typed_error_not_a_panic() {
     }
     assert_eq!(source.fetches_started(), 0);
     // The first use probed the runtime (tokio's panic, caught); no use after it made a timer.
-    assert!(
-        TIMER_PANICS.load(Ordering::SeqCst) <= 2,
-        "one probe per test"
-    );
+    assert_eq!(timer_panics(), 1, "one probe, on the first use");
     // On a runtime with timers the same cell fetches.
     let token = with_timers().block_on(cell.token()).unwrap();
     assert_eq!(token.generation(), 1);
 }
 
 /// 1,000 requests through the layer (a clone per request) and `current()` on the timerless
-/// runtime: all get the token, at most one timer panic (the probe), nothing fetched there.
-fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell) {
+/// runtime: all get the token, `probes` timer panics (tokio's, caught by the cell when it
+/// probes the runtime) for all of them, nothing fetched there.
+fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell, probes: usize) {
     let layer = KoppeltaalAuthLayer::new(cell.clone(), "https://fhir.example.org/fhir").unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
     let service = layer.layer(tower::service_fn({
@@ -100,10 +106,7 @@ fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell) {
         }
     }));
     let runtime = timerless();
-    let (panics_before, fetches_before) = (
-        TIMER_PANICS.load(Ordering::SeqCst),
-        source.fetches_started(),
-    );
+    let (panics_before, fetches_before) = (timer_panics(), source.fetches_started());
     runtime.block_on(async {
         for _ in 0..1_000 {
             assert_eq!(cell.current().unwrap().generation(), 1);
@@ -117,8 +120,8 @@ fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell) {
         }
     });
     assert_eq!(answered.load(Ordering::SeqCst), 1_000);
-    let panics = TIMER_PANICS.load(Ordering::SeqCst) - panics_before;
-    assert!(panics <= 2, "{panics} timer panics for 1,000 requests");
+    let panics = timer_panics() - panics_before;
+    assert_eq!(panics, probes, "timer panics for 1,000 requests");
     assert_eq!(
         source.fetches_started(),
         fetches_before,
@@ -138,7 +141,8 @@ fn serve_a_thousand_requests(source: &FakeTokenSource, cell: &TokenCell) {
 fn no_refresher_is_started_request_after_request() {
     count_timer_panics();
     let (source, cell) = cell_with_a_token(RefreshPolicy::default());
-    serve_a_thousand_requests(&source, &cell);
+    // The refresher's start probes the runtime once.
+    serve_a_thousand_requests(&source, &cell, 1);
 }
 
 /// A token past its refresh point (from the start: it arrived half a lifetime old) starts no
@@ -153,7 +157,8 @@ fn no_refresh_is_started_request_after_request() {
         RefreshPolicy::default().background_refresh(false),
     );
     with_timers().block_on(cell.ready()).unwrap();
-    serve_a_thousand_requests(&source, &cell);
+    // No refresher, and the fast path's refresh start finds no usable runtime without a panic.
+    serve_a_thousand_requests(&source, &cell, 0);
 }
 
 /// Several runtimes without timers (a thread each, as a sync program with one runtime per
@@ -162,7 +167,6 @@ fn no_refresh_is_started_request_after_request() {
 fn each_runtime_without_timers_is_probed_once() {
     count_timer_panics();
     let (source, cell) = cell_with_a_token(RefreshPolicy::default());
-    let before = TIMER_PANICS.load(Ordering::SeqCst);
     let served = Arc::new(std::sync::Barrier::new(4));
     let threads: Vec<_> = (0..4)
         .map(|_| {
@@ -185,14 +189,15 @@ fn each_runtime_without_timers_is_probed_once() {
                     let err = cell.token().await.unwrap_err();
                     assert_eq!(err.kind(), ErrorKind::NoRuntime);
                 });
+                timer_panics()
             })
         })
         .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    let panics = TIMER_PANICS.load(Ordering::SeqCst) - before;
-    assert!(panics <= 4, "{panics} timer panics for 4 runtimes");
+    let panics: Vec<usize> = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    assert_eq!(panics, [1; 4], "one probe per runtime");
     assert_eq!(source.fetches_started(), 1);
 }
 

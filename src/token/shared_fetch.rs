@@ -70,9 +70,10 @@ async fn bounded<T>(
 }
 
 /// The refresh lease this instance holds: released when the attempt is done with it, and, when
-/// the attempt ends any other way (its source panicked, it was cut off at its deadline, its
-/// runtime went away), released on drop by a task of its own, so that the other instances
-/// notice within one poll interval instead of waiting for the lease to lapse.
+/// the attempt ends any other way (its source panicked, it was cut off at its deadline), released
+/// on drop by a task of its own, so that the other instances notice within one poll interval
+/// instead of waiting for the lease to lapse. Best effort: on a runtime shutting down that task
+/// never runs, and the lease lapses.
 struct Lease {
     store: Arc<dyn TokenStore>,
     owner: Option<String>,
