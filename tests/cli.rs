@@ -113,14 +113,7 @@ async fn failures_have_documented_exit_codes_and_clear_messages() {
         path(&big).to_owned()
     };
     let endpoint = mock.token_endpoint();
-    let dead = format!(
-        "http://127.0.0.1:{}/oauth2/token",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = format!("http://127.0.0.1:{}/oauth2/token", support::DEAD_PORT);
     let not_found = endpoint.replace("/oauth2/token", "/oauth2/tokn");
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (

@@ -222,12 +222,7 @@ async fn a_token_lives_from_when_it_was_asked_for_not_from_a_slow_answer() {
 
 #[tokio::test]
 async fn unreachable_token_endpoint_is_a_transport_error() {
-    // Bind and drop to find a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::DEAD_PORT;
     let source = ClientCredentials::builder()
         .client_id(CLIENT_ID)
         .token_endpoint(format!("http://127.0.0.1:{port}/oauth2/token"))

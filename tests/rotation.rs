@@ -130,11 +130,7 @@ async fn tokens_verify_against_the_served_set_before_during_and_after_a_rotation
 #[tokio::test]
 async fn an_unreachable_jwks_url_means_access_denied() {
     let mock = MockKoppeltaal::start().await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::DEAD_PORT;
     mock.register_jwks_url(CLIENT, &format!("http://127.0.0.1:{port}/jwks.json"));
     let source = ClientCredentials::builder()
         .client_id(CLIENT)

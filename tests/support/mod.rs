@@ -15,6 +15,11 @@ use koppeltaal_auth::{
     Algorithm, Authenticator, ClientCredentials, KeyId, KoppeltaalAuth, SigningKey,
 };
 
+/// A loopback port nothing listens on: the discard port, below the range the system hands
+/// ports out from, so no server of a test binds it (a port picked free and let go could be taken
+/// by a test running at once, and the "unreachable" endpoint would answer).
+pub const DEAD_PORT: u16 = 9;
+
 /// `s` seconds.
 pub const fn secs(s: u64) -> std::time::Duration {
     std::time::Duration::from_secs(s)
