@@ -78,25 +78,47 @@ fn start_redis() -> Result<(String, Watched), String> {
                 .into(),
         );
     }
+    (0..5)
+        .find_map(|_| try_start_redis())
+        .ok_or_else(|| "redis-server did not start".into())
+}
+
+/// One try on a port picked free and let go: another server started at the same moment may
+/// take it too, so the server found there is used only when it is this child, by its process
+/// id (which the shell writes down).
+fn try_start_redis() -> Option<(String, Watched)> {
     let port = free_port();
+    let pid_file = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("redis-{}.pid", uuid::Uuid::new_v4().simple()));
     // `redis-server` does not watch its input: a shell does, and stops it.
     let watched = Watched::spawn(
         Command::new("sh")
             .arg("-c")
-            .arg("redis-server \"$@\" & pid=$!; cat >/dev/null; kill $pid 2>/dev/null")
+            .arg(
+                "redis-server \"$@\" & pid=$!; echo $pid > \"$PID_FILE\"; cat >/dev/null; \
+                 kill $pid 2>/dev/null",
+            )
             .arg("sh")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .env("PID_FILE", &pid_file)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
-    )?;
+    )
+    .ok()?;
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((format!("redis://127.0.0.1:{port}"), watched));
+            let ours = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok());
+            let _ = std::fs::remove_file(&pid_file);
+            // Dropped otherwise: its shell stops the server.
+            return (ours.is_some() && server_pid(port) == ours)
+                .then(|| (format!("redis://127.0.0.1:{port}"), watched));
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err("redis-server did not start".into())
+    None
 }
 
 /// The interop servers' FHIR base and admin URL: `KOPPELTAAL_INTEROP_FHIR_BASE` and
