@@ -1,8 +1,9 @@
 //! Fleet mode with an in-memory `TokenStore` shared by several cells (as instances sharing a
 //! Redis would): one fetch per refresh period for all, a dead lease holder replaced, a store
 //! outage costing nothing but sharing, and a rejected token never taken back from the store.
-//! The fleet tests run in real time with 1 s tokens; the lease and expiry tests on tokio's paused
-//! clock (the memory store, like Redis, measures a token's time left with its own clock).
+//! All on tokio's paused clock (the memory store, like Redis, measures a token's time left with
+//! its own clock): the fleet's instances run as tasks of one thread, so that no load on the
+//! machine moves a refresh point, and counters read together are read at one instant.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -56,7 +57,7 @@ async fn hammer(cells: &[TokenCell], run: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn eight_instances_fetch_one_token_per_refresh_period() {
     let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(1));
     let store = MemoryTokenStore::new();
@@ -92,14 +93,15 @@ async fn eight_instances_fetch_one_token_per_refresh_period() {
         fetches + adopted,
         "each instance used each token once"
     );
-    assert!(
-        adopted >= 6 * fetches,
-        "the others took it from the store: {adopted} for {fetches}"
+    assert_eq!(
+        adopted,
+        7 * fetches,
+        "the seven others took each token from the store"
     );
     assert!(fleet.iter().all(|cell| cell.stats().adopted_from_store > 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dead_lease_holder_is_replaced_within_the_lease_time() {
     let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(60));
     let store = MemoryTokenStore::new();
@@ -114,14 +116,14 @@ async fn a_dead_lease_holder_is_replaced_within_the_lease_time() {
     cell.token().await.unwrap();
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(480) && waited < Duration::from_millis(900),
+        waited >= Duration::from_millis(500) && waited <= Duration::from_millis(520),
         "waited out the lease, then fetched: {waited:?}"
     );
     assert_eq!(source.fetches_started(), 1);
     assert_eq!(store.saves(), 1, "and published for the others");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_store_outage_costs_sharing_not_requests() {
     let source = FakeTokenSource::new().with_lifetime(Duration::from_secs(1));
     let store = MemoryTokenStore::new();
@@ -139,16 +141,19 @@ async fn a_store_outage_costs_sharing_not_requests() {
         "every instance fell back at least once: {unavailable}"
     );
     let outage = source.fetches_started() - shared_phase;
+    // 1 s tokens refreshed every 0.4-0.5 s: about 4 fetches each in 2 s.
     assert!(
-        outage >= 4,
+        outage >= 12,
         "during the outage each instance fetched for itself: {outage}"
     );
     store.set_down(false);
     let before = source.fetches_started();
     hammer(&fleet, Duration::from_secs(3)).await;
     let after = source.fetches_started() - before;
+    // One fetch per refresh period for the fleet (about 7 in 3 s, one more as sharing resumes),
+    // against about 28 without sharing.
     assert!(
-        after <= 8,
+        after <= 10,
         "sharing resumed: {after} fetches in 3 s for 4 instances"
     );
 }
