@@ -13,8 +13,9 @@ use support::{CLIENT_ID, RecordingServer, rsa_key};
 async fn no_proxy_from_the_environment_and_no_redirect_for_token_requests() {
     let proxy = RecordingServer::start().await;
     let proxy_url = proxy.url("");
-    // SAFETY: this test binary has this one test, and sets the variables before any other
-    // thread of its own reads the environment.
+    // SAFETY: nothing else in this binary reads the environment while this runs: its only other
+    // test fails its build before any HTTP client is made (the one place that could read the
+    // proxy variables), and this test sets them before its own threads start.
     unsafe {
         for name in [
             "HTTP_PROXY",
