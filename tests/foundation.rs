@@ -1,6 +1,6 @@
 //! The token flow end to end against `MockKoppeltaal` over loopback HTTP: tokens per algorithm,
-//! every rejection as a typed error, the mock's own strictness, discovery, malformed responses,
-//! and secrets kept out of `Debug`, errors and logs.
+//! every rejection as a typed error, the mock's own strictness, discovery, and secrets kept out
+//! of `Debug`, errors and logs. Malformed and oversized answers: `token_responses.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -232,78 +232,6 @@ async fn unreachable_token_endpoint_is_a_transport_error() {
     let err = fetch_err(&source).await;
     assert_eq!(err.kind(), ErrorKind::Transport);
     assert!(err.is_transient());
-}
-
-#[tokio::test]
-async fn malformed_token_responses_are_typed_errors() {
-    let mock = mock().await;
-    let source = source(&mock, rsa_key());
-    let ok = |body: serde_json::Value| MockResponse::json(&body);
-    let cases: Vec<(MockResponse, ErrorKind)> = vec![
-        (MockResponse::garbage(), ErrorKind::InvalidTokenResponse),
-        (
-            MockResponse::new(StatusCode::OK, "<html><body>Login</body></html>")
-                .header("content-type", "text/html"),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            MockResponse::new(
-                StatusCode::BAD_GATEWAY,
-                "<html><body>502 Bad Gateway</body></html>",
-            ),
-            ErrorKind::TokenRejected,
-        ),
-        (
-            ok(json!({"token_type": "Bearer", "expires_in": 300})),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            ok(json!({"access_token": "t", "token_type": "DPoP"})),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            ok(json!({"access_token": "t", "token_type": "Bearer", "expires_in": -1})),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            ok(json!({"access_token": "t", "token_type": "Bearer", "expires_in": 1e300})),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            ok(json!({"access_token": "t", "token_type": "Bearer", "expires_in": "five minutes"})),
-            ErrorKind::InvalidTokenResponse,
-        ),
-        (
-            MockResponse::oversized(10 * 1024 * 1024),
-            ErrorKind::ResponseTooLarge,
-        ),
-        (
-            MockResponse::oversized(10 * 1024 * 1024).chunked(),
-            ErrorKind::ResponseTooLarge,
-        ),
-        // An error page is read up to 64 KiB, for its message: the status counts.
-        (
-            MockResponse::new(StatusCode::BAD_REQUEST, vec![b'x'; 200 * 1024]).chunked(),
-            ErrorKind::TokenRejected,
-        ),
-    ];
-    for (i, (response, kind)) in cases.into_iter().enumerate() {
-        mock.push_token_response(response);
-        let err = fetch_err(&source).await;
-        assert_eq!(err.kind(), kind, "case {i}: {err}");
-    }
-    let err = {
-        mock.push_token_response(MockResponse::new(
-            StatusCode::BAD_GATEWAY,
-            "<html><body>502 Bad Gateway</body></html>",
-        ));
-        fetch_err(&source).await
-    };
-    assert_eq!(
-        err.body_snippet(),
-        Some("<html><body>502 Bad Gateway</body></html>")
-    );
-    assert!(source.fetch().await.is_ok(), "the source is unharmed");
 }
 
 #[test]
