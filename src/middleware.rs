@@ -64,8 +64,10 @@ impl Authenticator {
 impl Authenticator {
     /// A redirect policy for the `reqwest::Client` under the middleware (feature
     /// `reqwest-middleware`): up to 10 redirects, except that a request to the FHIR base is not
-    /// redirected out of it by a hop that keeps the origin of the URL before it (the `3xx`
-    /// response is returned): reqwest would send the token along on such a hop.
+    /// redirected out of it by a hop that keeps the origin of the URL before it (reqwest would
+    /// send the token along on such a hop), nor back into it from another origin (reqwest took
+    /// the token out on the way there: the FHIR server's `401` would say nothing about the
+    /// token). The `3xx` response is returned then.
     ///
     /// reqwest follows redirects inside the client, below the middleware, and keeps the
     /// `Authorization` header when a redirect stays on the same origin (scheme, host and port):
@@ -94,17 +96,26 @@ impl Authenticator {
             // started under the base stops at any hop out of it that keeps the origin of the URL
             // before it (a hop to another origin goes without the token, and is followed).
             let previous = attempt.previous();
-            let leaves_the_base = previous
+            let from_the_base = previous
                 .first()
-                .is_some_and(|first| shared.scope.matches_url(first))
-                && !shared.scope.matches_url(attempt.url())
-                && previous
-                    .last()
-                    .is_some_and(|from| from.origin() == attempt.url().origin());
-            if leaves_the_base {
+                .is_some_and(|first| shared.scope.matches_url(first));
+            let same_origin = previous
+                .last()
+                .is_some_and(|from| from.origin() == attempt.url().origin());
+            let into_the_base = shared.scope.matches_url(attempt.url());
+            if from_the_base && !into_the_base && same_origin {
                 tracing::warn!(
                     "a redirect of a FHIR request out of the FHIR base is not followed: the \
                      token could go along"
+                );
+                attempt.stop()
+            } else if from_the_base && into_the_base && !same_origin {
+                // Back into the base from another origin: reqwest took the token out on the way
+                // there, so this hop would go without it, and its `401` would be taken for a
+                // rejection of the token (a renewal for nothing).
+                tracing::warn!(
+                    "a redirect of a FHIR request back into the FHIR base from another origin is \
+                     not followed: it would go without the token"
                 );
                 attempt.stop()
             } else if attempt.previous().len() > MAX_REDIRECTS {
