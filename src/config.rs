@@ -261,7 +261,9 @@ impl KoppeltaalAuthBuilder {
     ///
     /// As [`build`](Self::build) and [`smart::discover_with`]; also
     /// [`ErrorKind::Discovery`](crate::ErrorKind::Discovery) when the server advertises signing
-    /// algorithms and the key's is not among them.
+    /// algorithms and the key's is not among them (with a [`key_set`](Self::key_set): any key of
+    /// the set's). The set then refuses to [`publish`](KeySet::publish) a key of another
+    /// algorithm (Koppeltaal's servers advertise none: nothing is limited there).
     pub async fn discover(self) -> Result<Authenticator, Error> {
         let base = self.base()?;
         if self.source.is_some() || self.credentials.get_token_endpoint().is_some() {
@@ -279,8 +281,14 @@ impl KoppeltaalAuthBuilder {
             smart::discover_with(&http, base.as_str()),
         )
         .await?;
-        if let Some(key) = builder.credentials.get_keys().map(KeySet::signing_key)
-            && !config.supports_signing_alg(key.algorithm())
+        // Every key of the set (one published to sign later too), and every key published from
+        // now on, must sign with an algorithm the server lists, when it lists them.
+        if let (Some(keys), Some(accepted)) = (
+            builder.credentials.get_keys(),
+            config
+                .token_endpoint_auth_signing_alg_values_supported
+                .as_deref(),
+        ) && let Err(key) = keys.accept_only(accepted)
         {
             return Err(Error::new(
                 crate::ErrorKind::Discovery,
@@ -288,14 +296,7 @@ impl KoppeltaalAuthBuilder {
                     "the server does not accept {} assertions (it lists {})",
                     key.algorithm(),
                     // The server's text: truncated as any.
-                    crate::redact::sanitize_snippet(
-                        config
-                            .token_endpoint_auth_signing_alg_values_supported
-                            .as_deref()
-                            .unwrap_or_default()
-                            .join(", ")
-                            .as_bytes()
-                    )
+                    crate::redact::sanitize_snippet(accepted.join(", ").as_bytes())
                 ),
             ));
         }

@@ -51,6 +51,9 @@ pub struct KeySet {
 struct State {
     entries: Vec<Entry>,
     delay: Duration,
+    /// The algorithms the auth server accepts, when its SMART configuration lists them (set
+    /// by discovery): a key signing with another is refused by [`KeySet::publish`].
+    accepted: Option<Vec<String>>,
 }
 
 struct Entry {
@@ -79,6 +82,7 @@ impl KeySet {
                     active_from: Instant::now(),
                 }],
                 delay: DEFAULT_PROPAGATION_DELAY,
+                accepted: None,
             })),
         }
     }
@@ -109,9 +113,21 @@ impl KeySet {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Key`](crate::ErrorKind::Key) if a key with the same `kid` is in the set.
+    /// [`ErrorKind::Key`](crate::ErrorKind::Key) if a key with the same `kid` is in the set, or
+    /// if the set was used with [discovery](crate::KoppeltaalAuthBuilder::discover) of an auth
+    /// server that lists the algorithms it accepts and `key` signs with another (it would sign
+    /// every token request once its delay is over, and every one would be refused).
     pub fn publish(&self, key: SigningKey) -> Result<(), Error> {
         let mut state = self.write();
+        if let Some(accepted) = &state.accepted
+            && !accepted.iter().any(|alg| alg == key.algorithm().as_str())
+        {
+            return Err(Error::key(format!(
+                "the auth server does not accept {} assertions (it lists {})",
+                key.algorithm(),
+                crate::redact::sanitize_snippet(accepted.join(", ").as_bytes())
+            )));
+        }
         if state
             .entries
             .iter()
@@ -176,6 +192,22 @@ impl KeySet {
             Some(entry) => entry.key.clone(),
             None => unreachable!("a KeySet always holds its signing key"),
         }
+    }
+
+    /// Limits the algorithms of keys published from now on to `accepted` (the auth server's
+    /// list), after checking every key already in the set; `Err` names the first that signs with
+    /// another.
+    pub(crate) fn accept_only(&self, accepted: &[String]) -> Result<(), SigningKey> {
+        let mut state = self.write();
+        if let Some(entry) = state.entries.iter().find(|entry| {
+            !accepted
+                .iter()
+                .any(|alg| alg == entry.key.algorithm().as_str())
+        }) {
+            return Err(entry.key.clone());
+        }
+        state.accepted = Some(accepted.to_vec());
+        Ok(())
     }
 
     /// The public JWK Set of every published key, in publication order.

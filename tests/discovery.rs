@@ -1,13 +1,16 @@
 //! SMART discovery against `MockKoppeltaal`: the token endpoint found (relative or absolute),
-//! every wrong document a typed error, and the endpoint found used for a token request.
+//! every wrong document a typed error, the endpoint found used for a token request, and the
+//! algorithms an auth server lists binding every key of a key set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 use http::StatusCode;
-use koppeltaal_auth::{ClientCredentials, ErrorKind, TokenSource, smart};
+use koppeltaal_auth::{
+    Algorithm, ClientCredentials, ErrorKind, KeySet, KoppeltaalAuth, SigningKey, TokenSource, smart,
+};
 use serde_json::json;
-use support::{CLIENT_ID, mock, rsa_key};
+use support::{CLIENT_ID, key_for, mock, rsa_key};
 
 #[tokio::test]
 async fn discovery_finds_the_token_endpoint() {
@@ -260,4 +263,38 @@ fn a_fhir_base_the_url_parser_would_rewrite_is_a_configuration_error() {
         let request = format!("{}/Patient", auth.fhir_base_url().trim_end_matches('/'));
         assert!(auth.covers(&request), "{base}: {request}");
     }
+}
+
+/// An auth server that lists the algorithms it accepts: discovery refuses a key set with a key
+/// of another, also one published to sign only later; and after discovery the set refuses to
+/// publish one (once its delay was over, every token request would be refused).
+#[tokio::test]
+async fn a_listed_algorithm_binds_every_key_of_the_set() {
+    let mock = mock().await;
+    mock.set_smart_configuration(Some(json!({
+        "token_endpoint": mock.token_endpoint(),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES384"],
+    })));
+    let discover = |keys: &KeySet| {
+        KoppeltaalAuth::builder()
+            .fhir_base_url(mock.fhir_base_url())
+            .client_id(CLIENT_ID)
+            .key_set(keys.clone())
+            .discover()
+    };
+    let pending_rsa = KeySet::new(key_for(Algorithm::ES384));
+    pending_rsa.publish(rsa_key()).unwrap();
+    let err = discover(&pending_rsa).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Discovery);
+    assert!(err.to_string().contains("RS512 assertions"), "{err}");
+
+    let keys = KeySet::new(key_for(Algorithm::ES384));
+    discover(&keys).await.unwrap();
+    let err = keys.publish(rsa_key()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Key);
+    assert!(err.to_string().contains("it lists ES384"), "{err}");
+    keys.publish(SigningKey::generate(Algorithm::ES384).unwrap())
+        .unwrap();
+    assert_eq!(keys.kids().len(), 2);
 }
