@@ -6,17 +6,44 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use koppeltaal_auth::testing::FakeTokenSource;
-use koppeltaal_auth::{ErrorKind, KoppeltaalAuth};
+use koppeltaal_auth::{Authenticator, ErrorKind, KoppeltaalAuth};
 use support::layer::{LayerExt, body_text, get, hyper_client, recording_service};
 use support::{CLIENT_ID, RecordingServer, authenticator, capture_logs, mock, rsa_key};
 use tower::{ServiceBuilder, ServiceExt};
+
+/// The `Authorization` value of each request an inner service saw.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+/// An authenticator with fake tokens for `base`.
+fn fake_auth(base: &str) -> Authenticator {
+    KoppeltaalAuth::builder()
+        .fhir_base_url(base)
+        .token_source(FakeTokenSource::new())
+        .build()
+        .unwrap()
+}
+
+/// `auth`'s layer over an inner service that records each request's `Authorization` and
+/// answers `200`.
+fn recorded(
+    auth: &Authenticator,
+) -> (
+    Seen,
+    impl tower::Service<Request<Full<Bytes>>, Error = tower::BoxError> + Clone + use<>,
+) {
+    let seen = Arc::default();
+    let service = auth
+        .layer()
+        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    (seen, service)
+}
 
 #[tokio::test]
 async fn reads_and_creates_with_one_token() {
@@ -102,15 +129,7 @@ async fn the_token_goes_only_to_the_fhir_base() {
 
 #[tokio::test]
 async fn plain_http_to_the_fhir_host_gets_no_token() {
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url("https://fhir.example.org/fhir")
-        .token_source(FakeTokenSource::new())
-        .build()
-        .unwrap();
-    let seen = Arc::default();
-    let service = auth
-        .layer()
-        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    let (seen, service) = recorded(&fake_auth("https://fhir.example.org/fhir"));
     for url in [
         "http://fhir.example.org/fhir/Patient/1",
         "https://fhir.example.org/fhir/Patient/1",
@@ -139,19 +158,12 @@ async fn plain_http_to_the_fhir_host_gets_no_token() {
 /// `format!("{}/Patient/123", auth.fhir_base_url())` makes no `//` in the path.
 #[tokio::test]
 async fn a_base_with_a_trailing_slash_is_handed_back_without_it() {
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url("https://fhir.example.org/fhir/DEFAULT/")
-        .token_source(FakeTokenSource::new())
-        .build()
-        .unwrap();
+    let auth = fake_auth("https://fhir.example.org/fhir/DEFAULT/");
     assert_eq!(
         auth.fhir_base_url(),
         "https://fhir.example.org/fhir/DEFAULT"
     );
-    let seen = Arc::default();
-    let service = auth
-        .layer()
-        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    let (seen, service) = recorded(&auth);
     let url = format!("{}/Patient/123", auth.fhir_base_url());
     service.oneshot(get(&url)).await.unwrap();
     assert!(seen.lock().unwrap()[0].is_some(), "{url} gets the token");
@@ -161,15 +173,7 @@ async fn a_base_with_a_trailing_slash_is_handed_back_without_it() {
 /// only when it names the base's host and port (any case, the default port or none).
 #[tokio::test]
 async fn a_host_header_naming_another_host_gets_no_token() {
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url("https://fhir.example.org/fhir")
-        .token_source(FakeTokenSource::new())
-        .build()
-        .unwrap();
-    let seen = Arc::default();
-    let service = auth
-        .layer()
-        .layer_service(recording_service(Arc::clone(&seen), StatusCode::OK));
+    let (seen, service) = recorded(&fake_auth("https://fhir.example.org/fhir"));
     let cases: &[(&[&str], bool)] = &[
         (&[], true),
         (&["fhir.example.org"], true),
@@ -260,11 +264,7 @@ async fn no_token_means_a_typed_error_and_nothing_sent() {
 async fn works_in_a_tower_http_stack_and_redirects_never_carry_the_token_elsewhere() {
     let fhir = RecordingServer::start().await;
     let elsewhere = RecordingServer::start().await;
-    let auth = KoppeltaalAuth::builder()
-        .fhir_base_url(fhir.url("/fhir"))
-        .token_source(FakeTokenSource::new())
-        .build()
-        .unwrap();
+    let auth = fake_auth(&fhir.url("/fhir"));
     let client = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

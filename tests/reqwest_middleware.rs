@@ -7,15 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
-use koppeltaal_auth::{Authenticator, ErrorKind, KoppeltaalAuth};
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use koppeltaal_auth::{ErrorKind, KoppeltaalAuth};
+use reqwest_middleware::ClientWithMiddleware;
+use support::middleware::client;
 use support::{CLIENT_ID, RecordingServer, authenticator, capture_logs, mock, rsa_key};
-
-fn client(auth: &Authenticator) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(auth.middleware())
-        .build()
-}
 
 #[tokio::test]
 async fn reads_and_creates_with_one_token_and_only_for_the_base() {

@@ -7,15 +7,9 @@
 mod support;
 
 use http::StatusCode;
-use koppeltaal_auth::Authenticator;
-use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use reqwest_middleware::ClientWithMiddleware;
 use support::RecordingServer;
-
-fn client(auth: &Authenticator) -> ClientWithMiddleware {
-    ClientBuilder::new(reqwest::Client::new())
-        .with(auth.middleware())
-        .build()
-}
+use support::middleware::{client, guarded};
 
 /// A chain from the FHIR base to another origin and back: reqwest takes the token out on the
 /// way there, so the hop back goes without it, and its `401` says nothing about the token. With
@@ -43,14 +37,7 @@ async fn the_redirect_policy_stops_a_chain_coming_back_into_the_base_without_the
         1,
         "reqwest's own policy: renewed for nothing"
     );
-    let guarded = ClientBuilder::new(
-        reqwest::Client::builder()
-            .redirect(auth.redirect_policy())
-            .build()
-            .unwrap(),
-    )
-    .with(auth.middleware())
-    .build();
+    let guarded = guarded(&auth);
     let before = server.seen().len();
     let response = guarded.get(&first).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
@@ -80,14 +67,7 @@ async fn the_redirect_policy_keeps_the_token_inside_the_fhir_base() {
     let seen = server.seen();
     assert_eq!(seen[1].path, "/admin");
     assert!(seen[1].authorization.is_some(), "{seen:?}");
-    let guarded = ClientBuilder::new(
-        reqwest::Client::builder()
-            .redirect(auth.redirect_policy())
-            .build()
-            .unwrap(),
-    )
-    .with(auth.middleware())
-    .build();
+    let guarded = guarded(&auth);
     for to in ["/admin", "/fhir/OTHER/Patient/1", "/fhir/DEFAULT/../admin"] {
         let before = server.seen().len();
         let response = guarded.get(away(to)).send().await.unwrap();
@@ -136,15 +116,7 @@ async fn a_401_from_a_redirect_target_outside_the_base_keeps_the_token() {
     let auth = server.authenticator();
     let blob = storage.url("/blob?status=401");
     let url = server.url(&format!("/fhir/DEFAULT/Binary/1?to={blob}"));
-    for redirect in [reqwest::redirect::Policy::default(), auth.redirect_policy()] {
-        let client = ClientBuilder::new(
-            reqwest::Client::builder()
-                .redirect(redirect)
-                .build()
-                .unwrap(),
-        )
-        .with(auth.middleware())
-        .build();
+    for client in [client(&auth), guarded(&auth)] {
         let response = client.get(&url).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }

@@ -4,6 +4,8 @@
 pub mod cell;
 pub mod fhir_servers;
 pub mod layer;
+#[cfg(feature = "reqwest-middleware")]
+pub mod middleware;
 pub mod runtimes;
 pub mod trace;
 
